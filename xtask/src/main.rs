@@ -1,1 +1,117 @@
-fn main() {}
+//! `cargo xtask`: cross-backend tests, the cuda type-check, fixtures and benchmarks.
+//!
+//! ```text
+//! cargo xtask test [--backend flex|ndarray|wgpu|all]   # default: flex then wgpu, one build
+//! cargo xtask check-cuda                                # DOCS_RS=1 cargo check --features cuda
+//! cargo xtask fixtures [--python PY]                    # regenerate fixtures with real PEFT
+//! cargo xtask bench [criterion args]                    # criterion benches under benches/
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Every backend compiled into the one test build; `BURN_DEVICE` picks one at run time.
+const TEST_FEATURES: &str = "peft-core/flex,peft-core/wgpu,peft-core/ndarray";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn has_vulkan() -> bool {
+    Path::new("/usr/share/vulkan/icd.d")
+        .read_dir()
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+fn ensure_vulkan() -> Result<(), String> {
+    if has_vulkan() {
+        return Ok(());
+    }
+    eprintln!("xtask: no Vulkan driver found, installing mesa-vulkan-drivers (lavapipe)");
+    let _ = run(Command::new("apt-get").arg("update").arg("-qq"));
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "mesa-vulkan-drivers"]))
+}
+
+fn test(backends: &[&str]) -> Result<(), String> {
+    if backends.contains(&"wgpu") {
+        ensure_vulkan()?;
+    }
+    let runtime = std::env::temp_dir().join("peft-rs-xdg");
+    let _ = std::fs::create_dir_all(&runtime);
+    for backend in backends {
+        eprintln!("xtask: === test suite on {backend} ===");
+        run(cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "xtask",
+                "--features",
+                TEST_FEATURES,
+            ])
+            .env("BURN_DEVICE", backend)
+            .env("XDG_RUNTIME_DIR", &runtime))?;
+    }
+    Ok(())
+}
+
+fn fixtures(args: &[String]) -> Result<(), String> {
+    let python = args
+        .windows(2)
+        .find(|w| w[0] == "--python")
+        .map(|w| w[1].clone())
+        .unwrap_or_else(|| "python3".into());
+    let script = root().join("xtask/fixtures/generate.py");
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script).arg(root().join("fixtures"));
+    run(&mut cmd)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => {
+            let backend = args.windows(2).find(|w| w[0] == "--backend").map(|w| w[1].as_str());
+            match backend {
+                None => test(&["flex", "wgpu"]),
+                Some("all") => test(&["flex", "ndarray", "wgpu"]),
+                Some(b @ ("flex" | "ndarray" | "wgpu")) => test(&[b]),
+                Some(other) => Err(format!("unknown backend `{other}` (flex, ndarray, wgpu, all)")),
+            }
+        }
+        Some("check-cuda") => run(cargo()
+            .args(["check", "--workspace", "--exclude", "xtask", "--features", "peft-core/cuda"])
+            .env("DOCS_RS", "1")),
+        Some("fixtures") => fixtures(&args[1..]),
+        Some("bench") => run(cargo().args(["bench", "-p", "peft-benches", "--"]).args(&args[1..])),
+        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] | bench>".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

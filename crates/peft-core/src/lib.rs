@@ -1,1 +1,29 @@
-pub fn x() {}
+//! # peft-core
+//!
+//! The method-independent half of peft-rs: PEFT's target matching, `adapter_config.json`
+//! fields, injection of adapters into any burn module through burn's
+//! [`Reparameterizer`](burn::module::Reparameterizer), adapter-aware layers that run adapters
+//! factored ([`nn`]), and PEFT-format adapter files.
+//!
+//! Method crates (`peft-lora`, …) build on it; most users start there.
+
+pub mod config;
+pub mod error;
+pub mod inject;
+pub mod inventory;
+pub mod io;
+pub mod keymap;
+pub mod nn;
+pub mod params;
+pub mod switch;
+pub mod targets;
+
+pub use error::{PeftError, Result};
+pub use inject::{AdapterFactory, InjectionPlan, ResolveOptions, Target, inject};
+pub use inventory::{Inventory, LayerEntry, LayerKind};
+pub use keymap::{KeyMap, PEFT_PREFIX};
+pub use params::ParamCounts;
+pub use switch::AdapterSwitch;
+pub use targets::{
+    LayerIndices, MatchOutcome, OneOrMany, TargetMatcher, TargetModules, TargetSpec,
+};

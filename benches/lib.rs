@@ -1,0 +1,1 @@
+//! Criterion benchmarks for peft-rs; run with `cargo xtask bench`.

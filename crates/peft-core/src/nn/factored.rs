@@ -1,0 +1,54 @@
+//! How an adapter attached to a weight takes part in a layer's forward pass without composing
+//! the dense weight.
+//!
+//! Method crates implement [`FactoredAdapter`] for their [`Reparameterization`] and call
+//! [`register_factored`] once (their injection does it). The layers in [`crate::nn`] then look up
+//! the adapter on their weight and add its contribution to the frozen base output.
+
+use std::any::TypeId;
+use std::sync::RwLock;
+
+use burn::module::{Param, Reparameterization};
+use burn::tensor::{Int, Tensor};
+
+/// An adapter that can add its contribution to a layer's output directly.
+pub trait FactoredAdapter: Send + Sync + 'static {
+    /// The adapter's contribution to a Linear layer's output.
+    ///
+    /// - `x`: the layer input, flattened to `[tokens, d_in]`.
+    /// - `base_weight`: the frozen base weight `[d_in, d_out]` (for methods whose update depends
+    ///   on it).
+    /// - returns `[tokens, d_out]`, or `None` when the adapter is inactive (disabled).
+    fn linear_delta(&self, x: Tensor<2>, base_weight: &Tensor<2>) -> Option<Tensor<2>>;
+
+    /// The adapter's contribution to an Embedding lookup.
+    ///
+    /// - `ids`: `[batch, seq]` token ids; returns `[batch, seq, d_model]`, or `None` when inactive.
+    fn embedding_delta(&self, ids: Tensor<2, Int>) -> Option<Tensor<3>>;
+}
+
+type Probe = for<'a> fn(&'a Param<Tensor<2>>) -> Option<&'a dyn FactoredAdapter>;
+
+static REGISTRY: RwLock<Vec<(TypeId, Probe)>> = RwLock::new(Vec::new());
+
+fn probe<R: Reparameterization + FactoredAdapter>(
+    p: &Param<Tensor<2>>,
+) -> Option<&dyn FactoredAdapter> {
+    p.reparameterization::<R>()
+        .map(|r| r as &dyn FactoredAdapter)
+}
+
+/// Makes the layers of [`crate::nn`] run adapters of type `R` factored. Idempotent.
+pub fn register_factored<R: Reparameterization + FactoredAdapter>() {
+    let id = TypeId::of::<R>();
+    let mut reg = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    if !reg.iter().any(|(t, _)| *t == id) {
+        reg.push((id, probe::<R>));
+    }
+}
+
+/// The factored adapter attached to `weight`, if its type was registered.
+pub fn factored_adapter(weight: &Param<Tensor<2>>) -> Option<&dyn FactoredAdapter> {
+    let reg = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    reg.iter().find_map(|(_, p)| p(weight))
+}

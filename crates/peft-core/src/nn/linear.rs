@@ -1,0 +1,83 @@
+//! An adapter-aware drop-in for burn's `Linear`.
+
+use burn::module::{Module, Param};
+use burn::nn::LinearConfig as BurnLinearConfig;
+use burn::tensor::{Device, Tensor, module::linear};
+
+use super::factored::factored_adapter;
+
+/// The adapter-aware Linear layer.
+pub type Linear = FactoredLinear;
+
+/// Configuration of a [`Linear`] layer: exactly burn's [`burn::nn::LinearConfig`].
+pub type LinearConfig = BurnLinearConfig;
+
+/// Applies `y = x·W + b`, plus the contribution of an adapter attached to `W`, computed
+/// factored (LoRA: `s·(dropout(x)·A)·B`) without composing `W + ΔW`.
+///
+/// Same parameter names and record layout as [`burn::nn::Linear`] (`weight` `[d_input, d_output]`,
+/// `bias` `[d_output]`), so checkpoints load unchanged. Without an adapter it computes exactly
+/// what burn's layer does. An adapter type that was not registered with
+/// [`register_factored`](super::register_factored) (e.g. burn's own `apply_lora`) falls back to
+/// the dense effective weight.
+///
+/// The struct is named `FactoredLinear` so that injection can tell it from burn's `Linear` (the
+/// module type is all a model traversal reveals); use it as `peft_core::nn::Linear`.
+#[derive(Module, Debug)]
+pub struct FactoredLinear {
+    /// Weight `[d_input, d_output]`.
+    pub weight: Param<Tensor<2>>,
+    /// Bias `[d_output]`.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+/// Builds adapter-aware layers from burn's configs.
+pub trait InitFactored {
+    /// The layer built.
+    type Layer;
+    /// Initialises the adapter-aware layer on `device`.
+    fn init_factored(&self, device: &Device) -> Self::Layer;
+}
+
+impl InitFactored for LinearConfig {
+    type Layer = Linear;
+    fn init_factored(&self, device: &Device) -> Linear {
+        Linear::from(self.init(device))
+    }
+}
+
+impl From<burn::nn::Linear> for Linear {
+    fn from(l: burn::nn::Linear) -> Self {
+        Self {
+            weight: l.weight,
+            bias: l.bias,
+        }
+    }
+}
+
+impl FactoredLinear {
+    /// Applies the layer.
+    ///
+    /// # Shapes
+    /// - input: `[..., d_input]`
+    /// - output: `[..., d_output]`
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let Some(adapter) = factored_adapter(&self.weight) else {
+            return linear(input, self.weight.val(), bias);
+        };
+        let weight = self.weight.base();
+        let [d_in, d_out] = weight.dims();
+        let dims = input.dims();
+        let tokens = dims[..D - 1].iter().product::<usize>();
+        let x = input.reshape([tokens, d_in]);
+        let base = linear(x.clone(), weight.clone(), bias);
+        let y = match adapter.linear_delta(x, &weight) {
+            Some(delta) => base + delta,
+            None => base,
+        };
+        let mut out = dims;
+        out[D - 1] = d_out;
+        y.reshape(out)
+    }
+}

@@ -1,0 +1,195 @@
+//! Injecting LoRA adapters into any burn model.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use peft_core::{
+    AdapterFactory, AdapterSwitch, InjectionPlan, KeyMap, LayerKind, ResolveOptions, Target,
+};
+
+use crate::config::{LoraConfig, LoraInit};
+use crate::error::{LoraError, Result};
+use crate::layer::LoraAdapter;
+use crate::model::{LoraModel, LoraTarget};
+
+/// How to inject: module-name mapping and the weight-space dropout escape hatch.
+#[derive(Debug, Clone, Default)]
+pub struct InjectOptions {
+    /// Burn path → PyTorch module name (targets and file keys use the latter).
+    pub key_map: KeyMap,
+    /// The output head `all-linear` leaves out (PyTorch name); default: `lm_head`.
+    pub output_head: Option<String>,
+    /// Accept `lora_dropout > 0` on burn's own layers, where it cannot be applied.
+    pub allow_training_without_dropout: bool,
+}
+
+impl InjectOptions {
+    /// Sets the key map.
+    pub fn with_key_map(mut self, key_map: KeyMap) -> Self {
+        self.key_map = key_map;
+        self
+    }
+
+    /// Accepts training burn's own layers without dropout.
+    pub fn allow_training_without_dropout(mut self, allow: bool) -> Self {
+        self.allow_training_without_dropout = allow;
+        self
+    }
+}
+
+/// Factor values (burn layout) to start from instead of a fresh initialisation, by burn path.
+pub(crate) type InitialFactors = HashMap<String, (TensorData, TensorData)>;
+
+struct LoraFactory<'a> {
+    init: LoraInit,
+    dropout: f64,
+    per_target: HashMap<&'a str, &'a LoraTarget>,
+    initial: InitialFactors,
+    switch: AdapterSwitch,
+}
+
+impl AdapterFactory for LoraFactory<'_> {
+    type Adapter = LoraAdapter;
+
+    fn create(&mut self, target: &Target, device: &Device) -> LoraAdapter {
+        let t = self.per_target[target.path.as_str()];
+        let [d_in, d_out] = target.weight_shape;
+        let r = t.r;
+        let (a, b) = match self.initial.remove(&target.path) {
+            Some((a, b)) => (Tensor::from_data(a, device), Tensor::from_data(b, device)),
+            None => init_factors(self.init, target.kind, d_in, d_out, r, device),
+        };
+        let dropout = if target.kind == LayerKind::Embedding {
+            0.0
+        } else {
+            self.dropout
+        };
+        LoraAdapter::new(
+            Param::from_tensor(a),
+            Param::from_tensor(b),
+            t.scaling,
+            dropout,
+            self.switch.clone(),
+        )
+    }
+}
+
+/// PEFT's `reset_lora_parameters`, in burn layout (`A` `[d_in, r]`, `B` `[r, d_out]`).
+fn init_factors(
+    init: LoraInit,
+    kind: LayerKind,
+    d_in: usize,
+    d_out: usize,
+    r: usize,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
+    let uniform = |shape: [usize; 2], fan_in: usize| {
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        Tensor::random(shape, Distribution::Uniform(-bound, bound), device)
+    };
+    let normal =
+        |shape: [usize; 2], std: f64| Tensor::random(shape, Distribution::Normal(0.0, std), device);
+    match (kind, init) {
+        (LayerKind::Linear, LoraInit::Default) => {
+            (uniform([d_in, r], d_in), Tensor::zeros([r, d_out], device))
+        }
+        (LayerKind::Linear, LoraInit::Gaussian) => (
+            normal([d_in, r], 1.0 / r as f64),
+            Tensor::zeros([r, d_out], device),
+        ),
+        (LayerKind::Linear, LoraInit::Random) => (uniform([d_in, r], d_in), uniform([r, d_out], r)),
+        (LayerKind::Embedding, LoraInit::Random) => {
+            (normal([d_in, r], 1.0), normal([r, d_out], 1.0))
+        }
+        (LayerKind::Embedding, _) => (Tensor::zeros([d_in, r], device), normal([r, d_out], 1.0)),
+    }
+}
+
+impl<M: Module> LoraModel<M> {
+    /// Attaches fresh LoRA adapters to the modules `config` targets, freezing everything else
+    /// (except `modules_to_save`).
+    ///
+    /// Errors: invalid config, targets that match nothing (the error lists the adaptable
+    /// modules), a model that already has adapters, and `lora_dropout > 0` on burn's own layers
+    /// unless [`InjectOptions::allow_training_without_dropout`].
+    pub fn inject(model: M, config: &LoraConfig, options: &InjectOptions) -> Result<Self> {
+        Self::inject_with(model, config, options, InitialFactors::new())
+    }
+
+    /// Resolves which layers `config` targets on `model`, with their ranks and scalings,
+    /// without changing the model.
+    pub fn plan(
+        model: &M,
+        config: &LoraConfig,
+        options: &InjectOptions,
+    ) -> Result<(InjectionPlan, Vec<LoraTarget>)> {
+        config.validate()?;
+        let resolve = ResolveOptions {
+            key_map: options.key_map.clone(),
+            output_head: options.output_head.clone(),
+        };
+        let plan = InjectionPlan::resolve(
+            model,
+            &config.targets,
+            &resolve,
+            &[LayerKind::Linear, LayerKind::Embedding],
+        )?;
+        if config.lora_dropout > 0.0
+            && !options.allow_training_without_dropout
+            && let Some(t) = plan
+                .targets
+                .iter()
+                .find(|t| !t.factored && t.kind == LayerKind::Linear)
+        {
+            return Err(LoraError::DropoutInWeightSpace {
+                dropout: config.lora_dropout,
+                module: t.path.clone(),
+                kind: format!("{:?}", t.kind),
+            });
+        }
+        let targets = plan
+            .targets
+            .iter()
+            .map(|t| {
+                let (r, alpha) = config.rank_and_alpha(&t.name)?;
+                Ok(LoraTarget {
+                    target: t.clone(),
+                    r,
+                    alpha,
+                    scaling: config.scaling(r, alpha),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((plan, targets))
+    }
+
+    pub(crate) fn inject_with(
+        model: M,
+        config: &LoraConfig,
+        options: &InjectOptions,
+        initial: InitialFactors,
+    ) -> Result<Self> {
+        let (plan, targets) = Self::plan(&model, config, options)?;
+        let switch = AdapterSwitch::default();
+        let factory = LoraFactory {
+            init: config.init_lora_weights,
+            dropout: config.lora_dropout,
+            per_target: targets
+                .iter()
+                .map(|t| (t.target.path.as_str(), t))
+                .collect(),
+            initial,
+            switch: switch.clone(),
+        };
+        let model = peft_core::inject(model, &plan, factory);
+        Ok(LoraModel::from_parts(
+            model,
+            config.clone(),
+            targets,
+            plan.modules_to_save,
+            switch,
+            options.clone(),
+        ))
+    }
+}

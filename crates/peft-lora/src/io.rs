@@ -1,0 +1,162 @@
+//! Saving and loading LoRA adapters in PEFT's folder format.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::TensorData;
+use peft_core::io::{
+    CONFIG_NAME, WEIGHTS_NAME, peft_json, read_params, read_safetensors, replace_params, transpose,
+    write_atomic, write_safetensors,
+};
+use peft_core::{Inventory, LayerKind, PEFT_PREFIX, PeftError};
+
+use crate::config::LoraConfig;
+use crate::error::Result;
+use crate::inject::{InitialFactors, InjectOptions};
+use crate::model::{LoraModel, LoraTarget};
+
+/// The file keys of a target's A and B (PEFT's naming).
+pub fn tensor_keys(t: &LoraTarget) -> (String, String) {
+    let base = format!("{PEFT_PREFIX}{}", t.target.name);
+    match t.target.kind {
+        LayerKind::Linear => (
+            format!("{base}.lora_A.weight"),
+            format!("{base}.lora_B.weight"),
+        ),
+        LayerKind::Embedding => (
+            format!("{base}.lora_embedding_A"),
+            format!("{base}.lora_embedding_B"),
+        ),
+    }
+}
+
+fn linear_weight_paths<M: Module>(model: &M) -> Vec<String> {
+    Inventory::of(model)
+        .layers
+        .into_iter()
+        .filter(|l| l.kind == LayerKind::Linear)
+        .map(|l| l.weight_path())
+        .collect()
+}
+
+impl<M: Module> LoraModel<M> {
+    /// The adapter's tensors as PEFT names and lays them out (`[r, in]`, `[out, r]`, …), plus
+    /// the `modules_to_save` parameters.
+    pub fn adapter_tensors(&self) -> Result<BTreeMap<String, TensorData>> {
+        let mut out = BTreeMap::new();
+        let mut factors = self.factors();
+        for t in self.targets() {
+            let (ka, kb) = tensor_keys(t);
+            let (a, b) = factors
+                .remove(&t.target.path)
+                .ok_or_else(|| PeftError::UnknownModule(t.a_path()))?;
+            out.insert(ka, transpose(&a)?);
+            out.insert(kb, transpose(&b)?);
+        }
+        let linear = linear_weight_paths(&self.model);
+        for (path, data) in read_params(&self.model, |p| self.in_modules_to_save(p)) {
+            let (module, param) = path.rsplit_once('.').unwrap_or(("", path.as_str()));
+            let key = format!(
+                "{PEFT_PREFIX}{}.{param}",
+                self.options().key_map.to_peft(module)
+            );
+            let data = if linear.contains(&path) {
+                transpose(&data)?
+            } else {
+                data
+            };
+            out.insert(key, data);
+        }
+        Ok(out)
+    }
+
+    /// Writes `adapter_model.safetensors` and `adapter_config.json` into `dir` (created if
+    /// needed), each through a temporary file and a rename.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        write_safetensors(&dir.join(WEIGHTS_NAME), &self.adapter_tensors()?)?;
+        write_atomic(
+            &dir.join(CONFIG_NAME),
+            peft_json(&self.config().to_json()).as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Loads a PEFT LoRA adapter folder onto `model`: the targets are resolved from the folder's
+    /// config, and every tensor is checked. Missing, unexpected and mis-shaped tensors are
+    /// reported together, by name.
+    pub fn load(model: M, dir: impl AsRef<Path>, options: &InjectOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = LoraConfig::from_dir(dir)?;
+        let mut tensors = read_safetensors(&dir.join(WEIGHTS_NAME))?;
+        let linear = linear_weight_paths(&model);
+        let (plan, targets) = Self::plan(&model, &config, options)?;
+        let mut missing = Vec::new();
+        let mut misshaped = Vec::new();
+        let mut initial = InitialFactors::new();
+        for t in &targets {
+            let (ka, kb) = tensor_keys(t);
+            let [d_in, d_out] = t.target.weight_shape;
+            let mut take = |key: &str, shape: [usize; 2]| match tensors.remove(key) {
+                None => {
+                    missing.push(key.to_string());
+                    None
+                }
+                Some(d) if d.shape().as_slice() != shape => {
+                    misshaped.push(format!(
+                        "{key}: file {:?}, model expects {shape:?}",
+                        d.shape().as_slice()
+                    ));
+                    None
+                }
+                Some(d) => Some(d),
+            };
+            let a = take(&ka, [t.r, d_in]);
+            let b = take(&kb, [d_out, t.r]);
+            if let (Some(a), Some(b)) = (a, b) {
+                initial.insert(t.target.path.clone(), (transpose(&a)?, transpose(&b)?));
+            }
+        }
+        let mut saved = BTreeMap::new();
+        let wanted = read_params(&model, |p| {
+            peft_core::inject::under_any(&plan.modules_to_save, p)
+        });
+        for (path, data) in wanted {
+            let (module, param) = path.rsplit_once('.').unwrap_or(("", path.as_str()));
+            let key = format!("{PEFT_PREFIX}{}.{param}", options.key_map.to_peft(module));
+            let expected: Vec<usize> = if linear.contains(&path) {
+                data.shape().iter().rev().copied().collect()
+            } else {
+                data.shape().to_vec()
+            };
+            match tensors.remove(&key) {
+                None => missing.push(key),
+                Some(d) if d.shape().as_slice() != expected.as_slice() => misshaped.push(format!(
+                    "{key}: file {:?}, model expects {expected:?}",
+                    d.shape().as_slice()
+                )),
+                Some(d) => {
+                    saved.insert(
+                        path.clone(),
+                        if linear.contains(&path) {
+                            transpose(&d)?
+                        } else {
+                            d
+                        },
+                    );
+                }
+            }
+        }
+        let unexpected: Vec<String> = tensors.into_keys().collect();
+        if !(missing.is_empty() && misshaped.is_empty() && unexpected.is_empty()) {
+            return Err(PeftError::Mismatch(format!(
+                "missing tensors {missing:?}; unexpected tensors {unexpected:?}; mis-shaped tensors {misshaped:?}"
+            ))
+            .into());
+        }
+        let mut lora = Self::inject_with(model, &config, options, initial)?;
+        lora.model = replace_params(lora.model, saved)?;
+        Ok(lora)
+    }
+}
