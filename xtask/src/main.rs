@@ -104,7 +104,7 @@ fn main() -> ExitCode {
             .args(["check", "--workspace", "--exclude", "xtask", "--features", "peft-core/cuda"])
             .env("DOCS_RS", "1")),
         Some("fixtures") => fixtures(&args[1..]),
-        Some("bench") => run(cargo().args(["bench", "-p", "peft-benches", "--"]).args(&args[1..])),
+        Some("bench") => run(cargo().args(["bench", "-p", "peft-benches", "--benches", "--"]).args(&args[1..])),
         _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] | bench>".into()),
     };
     match result {

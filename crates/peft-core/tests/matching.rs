@@ -1,6 +1,8 @@
 //! Target matching against the table PEFT 0.21.2's `check_target_module_exists` and
 //! `get_pattern_key` produced (fixtures/lora/matching.json, all_linear.json).
 
+#![allow(clippy::unwrap_used)]
+
 use peft_core::targets::{expand_all_linear, pattern_key};
 use peft_core::{LayerIndices, OneOrMany, TargetMatcher, TargetModules, TargetSpec};
 use serde_json::Value;

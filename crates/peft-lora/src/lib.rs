@@ -33,6 +33,7 @@
 //! # let _ = merged; std::fs::remove_dir_all(&dir).ok();
 //! # Ok::<(), peft_lora::LoraError>(())
 //! ```
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
 pub mod error;

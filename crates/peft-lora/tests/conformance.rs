@@ -1,6 +1,8 @@
 //! Conformance with real PEFT 0.21.2: forward, gradients, merge, adapter files. Fixtures come from
 //! `cargo xtask fixtures` (xtask/fixtures/generate.py).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

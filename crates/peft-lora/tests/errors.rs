@@ -1,5 +1,7 @@
 //! Every bad input gets a clear error, never a panic or a silent success.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

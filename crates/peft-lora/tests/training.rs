@@ -1,6 +1,8 @@
 //! End-to-end training: only the adapters learn, the loss falls, the saved adapter reloads with
 //! identical outputs, and merge / unload / disable behave.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use burn::module::{Module, Param};
@@ -175,4 +177,51 @@ fn initialisation_follows_peft() {
             "embedding B ~ N(0, 1)"
         );
     }
+}
+
+#[test]
+fn dropout_applies_to_the_adapter_input_in_training_only() {
+    let device = device();
+    let config = LoraConfig::new(TargetModules::names(["q_proj"]))
+        .with_r(4)
+        .with_init(LoraInit::Random)
+        .with_dropout(0.5);
+    let lora = LoraModel::inject(
+        TinyModel::pretrained(&device),
+        &config,
+        &InjectOptions::default(),
+    )
+    .unwrap();
+    let (x, _) = batch(&device);
+    let a = lora.model.forward(x.clone()).into_data();
+    let b = lora.model.forward(x.clone()).into_data();
+    assert!(
+        max_abs_diff(a, &b) > 0.0,
+        "training forwards draw different dropout masks"
+    );
+    let eval = lora.model.valid();
+    let (xv, _) = batch(&Device::default());
+    let c = eval.forward(xv.clone()).into_data();
+    assert_eq!(
+        max_abs_diff(eval.forward(xv).into_data(), &c),
+        0.0,
+        "no dropout in inference"
+    );
+    // Without dropout the same adapter gives the inference output.
+    let no_drop = LoraModel::inject(
+        TinyModel::pretrained(&device),
+        &config.clone().with_dropout(0.0),
+        &InjectOptions::default(),
+    )
+    .unwrap();
+    let factors = peft_core::io::read_params(&lora.model, |p| p.contains(".lora."));
+    let model = peft_core::io::replace_params(no_drop.model, factors)
+        .unwrap()
+        .valid();
+    assert_close(
+        "valid() == no dropout",
+        model.forward(batch(&Device::default()).0).into_data(),
+        &c,
+        1e-6,
+    );
 }
