@@ -31,6 +31,12 @@ impl InjectOptions {
         self
     }
 
+    /// Names the output head (PyTorch name) that `all-linear` leaves out.
+    pub fn with_output_head(mut self, head: impl Into<String>) -> Self {
+        self.output_head = Some(head.into());
+        self
+    }
+
     /// Accepts training burn's own layers without dropout.
     pub fn allow_training_without_dropout(mut self, allow: bool) -> Self {
         self.allow_training_without_dropout = allow;
@@ -171,6 +177,20 @@ impl<M: Module> LoraModel<M> {
         initial: InitialFactors,
     ) -> Result<Self> {
         let (plan, targets) = Self::plan(&model, config, options)?;
+        Ok(Self::inject_planned(
+            model, config, options, plan, targets, initial,
+        ))
+    }
+
+    /// Injects adapters for an already resolved plan.
+    pub(crate) fn inject_planned(
+        model: M,
+        config: &LoraConfig,
+        options: &InjectOptions,
+        plan: InjectionPlan,
+        targets: Vec<LoraTarget>,
+        initial: InitialFactors,
+    ) -> Self {
         let switch = AdapterSwitch::default();
         let factory = LoraFactory {
             init: config.init_lora_weights,
@@ -183,13 +203,13 @@ impl<M: Module> LoraModel<M> {
             switch: switch.clone(),
         };
         let model = peft_core::inject(model, &plan, factory);
-        Ok(LoraModel::from_parts(
+        LoraModel::from_parts(
             model,
             config.clone(),
             targets,
             plan.modules_to_save,
             switch,
             options.clone(),
-        ))
+        )
     }
 }

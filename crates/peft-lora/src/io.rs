@@ -155,7 +155,7 @@ impl<M: Module> LoraModel<M> {
             ))
             .into());
         }
-        let mut lora = Self::inject_with(model, &config, options, initial)?;
+        let mut lora = Self::inject_planned(model, &config, options, plan, targets, initial);
         lora.model = replace_params(lora.model, saved)?;
         Ok(lora)
     }

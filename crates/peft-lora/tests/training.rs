@@ -225,3 +225,29 @@ fn dropout_applies_to_the_adapter_input_in_training_only() {
         1e-6,
     );
 }
+
+#[test]
+fn all_linear_targets_every_linear_but_the_head() {
+    let device = Device::default();
+    let config = LoraConfig::new(TargetModules::all_linear());
+    let lora =
+        LoraModel::inject(TinyModel::new(&device), &config, &InjectOptions::default()).unwrap();
+    let names: Vec<&str> = lora
+        .targets()
+        .iter()
+        .map(|t| t.target.name.as_str())
+        .collect();
+    assert_eq!(names.len(), 12, "{names:?}");
+    assert!(!names.contains(&"lm_head") && !names.contains(&"embed_tokens"));
+    let options = InjectOptions::default().with_output_head("layers.2.o_proj");
+    let lora = LoraModel::inject(TinyModel::new(&device), &config, &options).unwrap();
+    let names: Vec<&str> = lora
+        .targets()
+        .iter()
+        .map(|t| t.target.name.as_str())
+        .collect();
+    assert!(
+        names.contains(&"lm_head") && !names.contains(&"layers.2.o_proj"),
+        "{names:?}"
+    );
+}
