@@ -71,6 +71,29 @@ fn bench_layer(c: &mut Criterion) {
             sync(&device)
         })
     });
+    // Inference: valid() modules (no autodiff) on plain tensors; the factored layer folds the
+    // adapter into one wider GEMM, burn's path composes W + s·A·B.
+    let plain = Device::default();
+    let xi = Tensor::<2>::random([TOKENS, D], Distribution::Default, &plain);
+    let (base_i, factored_i, burn_i) = (base.valid(), factored.valid(), burn_lora.valid());
+    group.bench_function("inference/base", |b| {
+        b.iter(|| {
+            let _ = base_i.layer.forward(xi.clone());
+            sync(&plain)
+        })
+    });
+    group.bench_function("inference/peft_factored", |b| {
+        b.iter(|| {
+            let _ = factored_i.layer.forward(xi.clone());
+            sync(&plain)
+        })
+    });
+    group.bench_function("inference/burn_apply_lora", |b| {
+        b.iter(|| {
+            let _ = burn_i.layer.forward(xi.clone());
+            sync(&plain)
+        })
+    });
     let xg = x.clone().require_grad();
     group.bench_function("train_step/base", |b| {
         b.iter(|| {
