@@ -50,69 +50,63 @@ fn bench_layer(c: &mut Criterion) {
     }
     .apply_lora(Lora::new(R, R as f64));
 
-    let sync = |d: &Device| d.sync().expect("device sync");
     let mut group = c.benchmark_group(format!("linear_d{D}_t{TOKENS}_r{R}"));
     group.sample_size(20);
-    group.bench_function("forward/base", |b| {
-        b.iter(|| {
-            let _ = base.layer.forward(x.clone());
-            sync(&device)
-        })
-    });
-    group.bench_function("forward/peft_factored", |b| {
-        b.iter(|| {
-            let _ = factored.layer.forward(x.clone());
-            sync(&device)
-        })
-    });
-    group.bench_function("forward/burn_apply_lora", |b| {
-        b.iter(|| {
-            let _ = burn_lora.layer.forward(x.clone());
-            sync(&device)
-        })
-    });
-    // Inference: valid() modules (no autodiff) on plain tensors; the factored layer folds the
-    // adapter into one wider GEMM, burn's path composes W + s·A·B.
+    // Times `$body` and waits for the device, so asynchronous backends are measured too.
+    macro_rules! bench {
+        ($name:expr, $device:expr, $body:expr) => {
+            group.bench_function($name, |b| {
+                b.iter(|| {
+                    let _ = $body;
+                    $device.sync().expect("device sync")
+                })
+            })
+        };
+    }
+    bench!("forward/base", device, base.layer.forward(x.clone()));
+    bench!(
+        "forward/peft_factored",
+        device,
+        factored.layer.forward(x.clone())
+    );
+    bench!(
+        "forward/burn_apply_lora",
+        device,
+        burn_lora.layer.forward(x.clone())
+    );
+    // Inference: `valid()` modules (no autodiff) on plain tensors; the factored layer still adds
+    // `s·(x·A)·B`, burn's path composes `W + s·A·B`.
     let plain = Device::default();
     let xi = Tensor::<2>::random([TOKENS, D], Distribution::Default, &plain);
     let (base_i, factored_i, burn_i) = (base.valid(), factored.valid(), burn_lora.valid());
-    group.bench_function("inference/base", |b| {
-        b.iter(|| {
-            let _ = base_i.layer.forward(xi.clone());
-            sync(&plain)
-        })
-    });
-    group.bench_function("inference/peft_factored", |b| {
-        b.iter(|| {
-            let _ = factored_i.layer.forward(xi.clone());
-            sync(&plain)
-        })
-    });
-    group.bench_function("inference/burn_apply_lora", |b| {
-        b.iter(|| {
-            let _ = burn_i.layer.forward(xi.clone());
-            sync(&plain)
-        })
-    });
+    bench!("inference/base", plain, base_i.layer.forward(xi.clone()));
+    bench!(
+        "inference/peft_factored",
+        plain,
+        factored_i.layer.forward(xi.clone())
+    );
+    bench!(
+        "inference/burn_apply_lora",
+        plain,
+        burn_i.layer.forward(xi.clone())
+    );
+    // Train step: forward and backward to the input (every base weight frozen).
     let xg = x.clone().require_grad();
-    group.bench_function("train_step/base", |b| {
-        b.iter(|| {
-            let _ = base.layer.forward(xg.clone()).sum().backward();
-            sync(&device)
-        })
-    });
-    group.bench_function("train_step/peft_factored", |b| {
-        b.iter(|| {
-            let _ = factored.layer.forward(xg.clone()).sum().backward();
-            sync(&device)
-        })
-    });
-    group.bench_function("train_step/burn_apply_lora", |b| {
-        b.iter(|| {
-            let _ = burn_lora.layer.forward(xg.clone()).sum().backward();
-            sync(&device)
-        })
-    });
+    bench!(
+        "train_step/base",
+        device,
+        base.layer.forward(xg.clone()).sum().backward()
+    );
+    bench!(
+        "train_step/peft_factored",
+        device,
+        factored.layer.forward(xg.clone()).sum().backward()
+    );
+    bench!(
+        "train_step/burn_apply_lora",
+        device,
+        burn_lora.layer.forward(xg.clone()).sum().backward()
+    );
     group.finish();
 }
 

@@ -31,6 +31,12 @@ pub fn tensor_keys(t: &LoraTarget) -> (String, String) {
     }
 }
 
+/// The file key of a `modules_to_save` parameter at burn path `path`.
+fn saved_key(path: &str, options: &InjectOptions) -> String {
+    let (module, param) = path.rsplit_once('.').unwrap_or(("", path));
+    format!("{PEFT_PREFIX}{}.{param}", options.key_map.to_peft(module))
+}
+
 fn linear_weight_paths<M: Module>(model: &M) -> Vec<String> {
     Inventory::of(model)
         .layers
@@ -56,11 +62,7 @@ impl<M: Module> LoraModel<M> {
         }
         let linear = linear_weight_paths(&self.model);
         for (path, data) in read_params(&self.model, |p| self.in_modules_to_save(p)) {
-            let (module, param) = path.rsplit_once('.').unwrap_or(("", path.as_str()));
-            let key = format!(
-                "{PEFT_PREFIX}{}.{param}",
-                self.options().key_map.to_peft(module)
-            );
+            let key = saved_key(&path, self.options());
             let data = if linear.contains(&path) {
                 transpose(&data)?
             } else {
@@ -123,8 +125,7 @@ impl<M: Module> LoraModel<M> {
             peft_core::inject::under_any(&plan.modules_to_save, p)
         });
         for (path, data) in wanted {
-            let (module, param) = path.rsplit_once('.').unwrap_or(("", path.as_str()));
-            let key = format!("{PEFT_PREFIX}{}.{param}", options.key_map.to_peft(module));
+            let key = saved_key(&path, options);
             let expected: Vec<usize> = if linear.contains(&path) {
                 data.shape().iter().rev().copied().collect()
             } else {
