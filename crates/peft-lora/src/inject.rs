@@ -13,8 +13,8 @@ use crate::error::{LoraError, Result};
 use crate::layer::LoraAdapter;
 use crate::model::{LoraModel, LoraTarget};
 
-/// How to inject: module-name mapping and the weight-space dropout escape hatch.
-#[derive(Debug, Clone, Default)]
+/// How to inject: module-name mapping, what to save, and the weight-space dropout escape hatch.
+#[derive(Debug, Clone)]
 pub struct InjectOptions {
     /// Burn path → PyTorch module name (targets and file keys use the latter).
     pub key_map: KeyMap,
@@ -22,6 +22,22 @@ pub struct InjectOptions {
     pub output_head: Option<String>,
     /// Accept `lora_dropout > 0` on burn's own layers, where it cannot be applied.
     pub allow_training_without_dropout: bool,
+    /// Save the base weight of targeted `embed_tokens` / `lm_head` layers next to the adapter
+    /// (`<module>.base_layer.weight`), as PEFT's `save_embedding_layers="auto"` does for
+    /// transformers models. Default `true`; PEFT does not do it for models without
+    /// `get_input_embeddings` (plain `nn.Module`s).
+    pub save_embedding_layers: bool,
+}
+
+impl Default for InjectOptions {
+    fn default() -> Self {
+        Self {
+            key_map: KeyMap::default(),
+            output_head: None,
+            allow_training_without_dropout: false,
+            save_embedding_layers: true,
+        }
+    }
 }
 
 impl InjectOptions {
@@ -34,6 +50,12 @@ impl InjectOptions {
     /// Names the output head (PyTorch name) that `all-linear` leaves out.
     pub fn with_output_head(mut self, head: impl Into<String>) -> Self {
         self.output_head = Some(head.into());
+        self
+    }
+
+    /// Sets [`save_embedding_layers`](Self::save_embedding_layers).
+    pub fn with_save_embedding_layers(mut self, save: bool) -> Self {
+        self.save_embedding_layers = save;
         self
     }
 

@@ -31,6 +31,18 @@ pub fn tensor_keys(t: &LoraTarget) -> (String, String) {
     }
 }
 
+/// Module names whose base weight PEFT saves next to the adapter when they are targeted
+/// (`save_embedding_layers="auto"`, `EMBEDDING_LAYER_NAMES`).
+const EMBEDDING_LAYER_NAMES: &[&str] = &["embed_tokens", "lm_head"];
+
+/// The file key of a targeted embedding layer's base weight, when PEFT saves it.
+fn base_layer_key(t: &LoraTarget) -> Option<String> {
+    let last = t.target.name.rsplit('.').next().unwrap_or_default();
+    EMBEDDING_LAYER_NAMES
+        .contains(&last)
+        .then(|| format!("{PEFT_PREFIX}{}.base_layer.weight", t.target.name))
+}
+
 /// The file key of a `modules_to_save` parameter at burn path `path`.
 fn saved_key(path: &str, options: &InjectOptions) -> String {
     let (module, param) = path.rsplit_once('.').unwrap_or(("", path));
@@ -59,6 +71,23 @@ impl<M: Module> LoraModel<M> {
                 .ok_or_else(|| PeftError::UnknownModule(t.a_path()))?;
             out.insert(ka, transpose(&a)?);
             out.insert(kb, transpose(&b)?);
+        }
+        let save_base = self.options().save_embedding_layers;
+        let base_weights = read_params(&self.model, |p| {
+            save_base
+                && self
+                    .targets()
+                    .iter()
+                    .any(|t| base_layer_key(t).is_some() && p == t.weight_path())
+        });
+        for t in self.targets() {
+            if let (Some(key), Some(w)) = (base_layer_key(t), base_weights.get(&t.weight_path())) {
+                let w = match t.target.kind {
+                    LayerKind::Linear => transpose(w)?,
+                    LayerKind::Embedding => w.clone(),
+                };
+                out.insert(key, w);
+            }
         }
         let linear = linear_weight_paths(&self.model);
         for (path, data) in read_params(&self.model, |p| self.in_modules_to_save(p)) {
@@ -97,7 +126,28 @@ impl<M: Module> LoraModel<M> {
         let mut missing = Vec::new();
         let mut misshaped = Vec::new();
         let mut initial = InitialFactors::new();
+        let mut base_weights = BTreeMap::new();
         for t in &targets {
+            // Embedding layers PEFT saved in full: they replace the base weights.
+            if let Some(key) = base_layer_key(t)
+                && let Some(w) = tensors.remove(&key)
+            {
+                let [d_in, d_out] = t.target.weight_shape;
+                let file_shape = match t.target.kind {
+                    LayerKind::Linear => [d_out, d_in],
+                    LayerKind::Embedding => [d_in, d_out],
+                };
+                if w.shape().as_slice() != file_shape {
+                    misshaped.push(format!(
+                        "{key}: file {:?}, model expects {file_shape:?}",
+                        w.shape().as_slice()
+                    ));
+                } else if t.target.kind == LayerKind::Linear {
+                    base_weights.insert(t.weight_path(), transpose(&w)?);
+                } else {
+                    base_weights.insert(t.weight_path(), w);
+                }
+            }
             let (ka, kb) = tensor_keys(t);
             let [d_in, d_out] = t.target.weight_shape;
             let mut take = |key: &str, shape: [usize; 2]| match tensors.remove(key) {
@@ -151,11 +201,18 @@ impl<M: Module> LoraModel<M> {
         }
         let unexpected: Vec<String> = tensors.into_keys().collect();
         if !(missing.is_empty() && misshaped.is_empty() && unexpected.is_empty()) {
-            return Err(PeftError::Mismatch(format!(
-                "missing tensors {missing:?}; unexpected tensors {unexpected:?}; mis-shaped tensors {misshaped:?}"
-            ))
-            .into());
+            let parts: Vec<String> = [
+                ("missing tensors", &missing),
+                ("unexpected tensors", &unexpected),
+                ("mis-shaped tensors", &misshaped),
+            ]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(what, v)| format!("{what} {v:?}"))
+            .collect();
+            return Err(PeftError::Mismatch(parts.join("; ")).into());
         }
+        let model = replace_params(model, base_weights)?;
         let mut lora = Self::inject_planned(model, &config, options, plan, targets, initial);
         lora.model = replace_params(lora.model, saved)?;
         Ok(lora)

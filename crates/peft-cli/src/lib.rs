@@ -1,0 +1,16 @@
+//! The `peft` command-line tool's commands, as a library (the binary is `src/main.rs`).
+//!
+//! - [`inspect`](inspect::inspect): method, ranks, alphas, targets, parameter count, file size.
+//! - [`merge`](merge::merge): state-dict-level merge of an adapter into any transformers
+//!   checkpoint, streamed tensor by tensor, written atomically.
+//! - [`forward`](forward::forward): logits of an OPT or Llama checkpoint with an optional adapter.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod args;
+pub mod error;
+pub mod forward;
+pub mod inspect;
+pub mod merge;
+pub mod stream;
+
+pub use error::{CliError, Result};

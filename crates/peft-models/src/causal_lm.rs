@@ -1,0 +1,129 @@
+//! What every decoder here offers: logits for token ids, input checks and greedy generation.
+
+use burn::module::Module;
+use burn::tensor::{Int, Tensor, TensorData};
+use peft_core::nn::Embedding;
+
+use crate::error::{ModelError, Result};
+
+/// A causal language model: token ids in, next-token logits out.
+pub trait CausalLm: Module + Sized {
+    /// Logits for every position.
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch, seq]`
+    /// - output: `[batch, seq, vocab]`
+    ///
+    /// Ids must be below [`vocab_size`](Self::vocab_size) and `seq` within
+    /// [`max_positions`](Self::max_positions); [`check_ids`](Self::check_ids) says so.
+    fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3>;
+
+    /// Vocabulary size.
+    fn vocab_size(&self) -> usize;
+
+    /// Longest sequence the model takes, when it has a limit.
+    fn max_positions(&self) -> Option<usize>;
+
+    /// End-of-sequence token ids (from `config.json`).
+    fn eos_token_ids(&self) -> Vec<i64>;
+
+    /// Checks a `[batch, seq]` id tensor's shape and values before [`forward`](Self::forward).
+    fn check_ids(&self, ids: &TensorData) -> Result<()> {
+        let shape = ids.shape();
+        if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
+            return Err(ModelError::Input(format!(
+                "token ids must be a non-empty [batch, seq] tensor, got shape {:?}",
+                shape.as_slice()
+            )));
+        }
+        if let Some(max) = self.max_positions()
+            && shape[1] > max
+        {
+            return Err(ModelError::Input(format!(
+                "sequence length {} exceeds the model's {max} positions",
+                shape[1]
+            )));
+        }
+        let values = ids
+            .clone()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .map_err(|e| ModelError::Input(format!("token ids are not integers: {e:?}")))?;
+        let vocab = self.vocab_size() as i64;
+        if let Some(bad) = values.iter().find(|&&v| v < 0 || v >= vocab) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary (0..{vocab})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Greedy decoding (transformers' `generate(do_sample=False)` without a cache): appends the
+    /// most likely token `max_new_tokens` times. A row that produced an end-of-sequence token is
+    /// padded with `pad_token_id` from then on; decoding stops early when every row has.
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch, seq]`; output: `[batch, seq + generated]`
+    fn generate(
+        &self,
+        ids: Tensor<2, Int>,
+        max_new_tokens: usize,
+        pad_token_id: i64,
+    ) -> Result<Tensor<2, Int>> {
+        let device = ids.device();
+        let data = ids.into_data();
+        self.check_ids(&data)?;
+        let [batch, seq] = [data.shape()[0], data.shape()[1]];
+        let mut rows: Vec<Vec<i64>> = data
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .map_err(|e| ModelError::Input(format!("{e:?}")))?
+            .chunks(seq)
+            .map(<[i64]>::to_vec)
+            .collect();
+        let eos = self.eos_token_ids();
+        let mut done = vec![false; batch];
+        for _ in 0..max_new_tokens {
+            let len = rows[0].len();
+            if self.max_positions().is_some_and(|m| len >= m) || done.iter().all(|d| *d) {
+                break;
+            }
+            let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+            let input = Tensor::<2, Int>::from_data(TensorData::new(flat, [batch, len]), &device);
+            let vocab = self.vocab_size();
+            let last = self
+                .forward(input)
+                .narrow(1, len - 1, 1)
+                .reshape([batch, vocab])
+                .argmax(1)
+                .into_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .map_err(|e| ModelError::Input(format!("{e:?}")))?;
+            for (i, row) in rows.iter_mut().enumerate() {
+                let next = if done[i] { pad_token_id } else { last[i] };
+                done[i] |= eos.contains(&next);
+                row.push(next);
+            }
+        }
+        let len = rows[0].len();
+        let flat: Vec<i64> = rows.into_iter().flatten().collect();
+        Ok(Tensor::from_data(
+            TensorData::new(flat, [batch, len]),
+            &device,
+        ))
+    }
+}
+
+/// Logits from a head tied to the token embedding: `x · Eᵀ`.
+///
+/// Uses the embedding's base weight, as PEFT does: an unmerged adapter on the embedding does not
+/// reach the tied head, a merged one does (merging writes into the shared weight).
+pub fn tied_logits(x: Tensor<3>, embedding: &Embedding) -> Tensor<3> {
+    let [batch, seq, e] = x.dims();
+    let w = embedding.weight.base();
+    let vocab = w.dims()[0];
+    x.reshape([batch * seq, e])
+        .matmul(w.transpose())
+        .reshape([batch, seq, vocab])
+}

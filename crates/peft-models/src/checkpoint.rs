@@ -1,0 +1,122 @@
+//! A Hugging Face checkpoint folder: `config.json` and `model.safetensors` or shards listed in
+//! `model.safetensors.index.json`, as `save_pretrained` writes them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::TensorData;
+use peft_core::PeftError;
+use serde_json::Value;
+
+use crate::error::{ModelError, Result};
+
+/// Single-file weights.
+pub const WEIGHTS_NAME: &str = "model.safetensors";
+/// Index of sharded weights.
+pub const INDEX_NAME: &str = "model.safetensors.index.json";
+
+/// A checkpoint folder whose `config.json` was read and whose weight files were found.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The folder.
+    pub dir: PathBuf,
+    /// `config.json`, parsed.
+    pub config: Value,
+    /// The weight files: one, or every shard named by the index (sorted, each once).
+    pub weight_files: Vec<PathBuf>,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = fs::read_to_string(path).map_err(|source| PeftError::Io {
+        action: "cannot read",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// The weight files of a checkpoint folder (single file or shards), or the file itself.
+pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    if !path.is_dir() {
+        return Err(PeftError::Io {
+            action: "cannot open",
+            path: path.to_path_buf(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }
+        .into());
+    }
+    let single = path.join(WEIGHTS_NAME);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = path.join(INDEX_NAME);
+    if !index.is_file() {
+        return Err(ModelError::NoWeights(path.to_path_buf()));
+    }
+    let value = read_json(&index)?;
+    let map = value
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ModelError::Config {
+            path: index.clone(),
+            message: "no `weight_map` object".into(),
+        })?;
+    let mut files = BTreeSet::new();
+    for (key, file) in map {
+        let file = file.as_str().ok_or_else(|| ModelError::Config {
+            path: index.clone(),
+            message: format!("`weight_map.{key}` is not a file name"),
+        })?;
+        files.insert(path.join(file));
+    }
+    Ok(files.into_iter().collect())
+}
+
+impl Checkpoint {
+    /// Opens a checkpoint folder.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = read_json(&dir.join("config.json"))?;
+        let weight_files = weight_files(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            weight_files,
+        })
+    }
+
+    /// `model_type` from `config.json`.
+    pub fn model_type(&self) -> Result<&str> {
+        self.config
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ModelError::Config {
+                path: self.dir.join("config.json"),
+                message: "no `model_type` string".into(),
+            })
+    }
+
+    /// Parses `config.json` into a typed config.
+    pub fn parse_config<C: serde::de::DeserializeOwned>(&self) -> Result<C> {
+        serde_json::from_value(self.config.clone()).map_err(|e| ModelError::Config {
+            path: self.dir.join("config.json"),
+            message: e.to_string(),
+        })
+    }
+
+    /// Every tensor of every weight file, as f32 (floats of any width) or i64 data.
+    pub fn state_dict(&self) -> Result<BTreeMap<String, TensorData>> {
+        let mut out = BTreeMap::new();
+        for file in &self.weight_files {
+            out.extend(peft_core::io::read_safetensors(file)?);
+        }
+        Ok(out)
+    }
+}

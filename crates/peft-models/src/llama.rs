@@ -1,0 +1,441 @@
+//! Llama as transformers' `LlamaForCausalLM` computes it: RMSNorm, rotary position embeddings
+//! (`default` or `llama3` frequencies), grouped-query attention, a SwiGLU MLP, a tied or untied
+//! head.
+//!
+//! Module paths equal transformers' parameter names (`model.layers.0.self_attn.q_proj`), so PEFT
+//! adapters made for Llama load with no key map.
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData, activation::silu};
+use peft_core::nn::{Embedding, EmbeddingConfig, InitFactored, Linear, LinearConfig};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::attention::{causal_attention, merge_heads, split_heads};
+use crate::causal_lm::{CausalLm, tied_logits};
+use crate::checkpoint::Checkpoint;
+use crate::error::{ModelError, Result};
+use crate::norm::RmsNorm;
+
+fn eps() -> f64 {
+    1e-6
+}
+
+fn silu_name() -> String {
+    "silu".into()
+}
+
+fn positions() -> usize {
+    2048
+}
+
+/// The fields of a Llama `config.json` this implementation reads.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LlamaConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Number of decoder blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (`num_attention_heads` when absent).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Head width (`hidden_size / num_attention_heads` when absent).
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// RMSNorm epsilon.
+    #[serde(default = "eps")]
+    pub rms_norm_eps: f64,
+    /// Longest sequence.
+    #[serde(default = "positions")]
+    pub max_position_embeddings: usize,
+    /// Must be `silu`.
+    #[serde(default = "silu_name")]
+    pub hidden_act: String,
+    /// Biases on q/k/v/o.
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Biases on the MLP.
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// The head reuses the token embedding.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// transformers ≥ 5: `{"rope_type", "rope_theta", ...}`.
+    #[serde(default)]
+    pub rope_parameters: Option<Value>,
+    /// transformers < 5: RoPE base.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// transformers < 5: RoPE scaling (`{"rope_type": "llama3", ...}`).
+    #[serde(default)]
+    pub rope_scaling: Option<Value>,
+    /// End-of-sequence token(s): a number or a list.
+    #[serde(default)]
+    pub eos_token_id: Option<Value>,
+}
+
+/// How rotary frequencies are computed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rope {
+    /// Base of the frequencies.
+    pub theta: f64,
+    /// `llama3` scaling: `(factor, low_freq_factor, high_freq_factor, original_max_positions)`.
+    pub llama3: Option<(f64, f64, f64, f64)>,
+}
+
+impl Rope {
+    /// Inverse frequencies for a head width, as transformers computes them.
+    pub fn inv_freq(&self, head_dim: usize) -> Vec<f64> {
+        let base: Vec<f64> = (0..head_dim / 2)
+            .map(|i| 1.0 / self.theta.powf((2 * i) as f64 / head_dim as f64))
+            .collect();
+        let Some((factor, low, high, old)) = self.llama3 else {
+            return base;
+        };
+        let low_wavelen = old / low;
+        let high_wavelen = old / high;
+        base.into_iter()
+            .map(|f| {
+                let wavelen = 2.0 * std::f64::consts::PI / f;
+                if wavelen < high_wavelen {
+                    f
+                } else if wavelen > low_wavelen {
+                    f / factor
+                } else {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    (1.0 - smooth) * f / factor + smooth * f
+                }
+            })
+            .collect()
+    }
+
+    /// `cos` and `sin` tables `[seq, head_dim]` for positions `0..seq`.
+    pub fn tables(&self, seq: usize, head_dim: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let inv = self.inv_freq(head_dim);
+        let half = head_dim / 2;
+        let mut cos = vec![0f32; seq * head_dim];
+        let mut sin = vec![0f32; seq * head_dim];
+        for p in 0..seq {
+            for (i, f) in inv.iter().enumerate() {
+                // transformers computes the angles in f32.
+                let angle = (p as f32) * (*f as f32);
+                for j in [i, i + half] {
+                    cos[p * head_dim + j] = angle.cos();
+                    sin[p * head_dim + j] = angle.sin();
+                }
+            }
+        }
+        let t = |v| Tensor::from_data(TensorData::new(v, [seq, head_dim]), device);
+        (t(cos), t(sin))
+    }
+}
+
+impl LlamaConfig {
+    fn unsupported(field: &'static str, value: String, reason: &'static str) -> ModelError {
+        ModelError::UnsupportedOption {
+            model_type: "llama",
+            field,
+            value,
+            reason,
+        }
+    }
+
+    /// The RoPE settings, from either config format.
+    pub fn rope(&self) -> Result<Rope> {
+        let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
+        let num = |v: Option<&Value>, key: &str| v.and_then(|p| p.get(key)).and_then(Value::as_f64);
+        let theta = num(params, "rope_theta")
+            .or(self.rope_theta)
+            .unwrap_or(10000.0);
+        let kind = params
+            .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let llama3 = match kind {
+            "default" => None,
+            "llama3" => {
+                let get = |key: &'static str| {
+                    num(params, key).ok_or_else(|| {
+                        Self::unsupported(
+                            "rope_parameters",
+                            key.into(),
+                            "llama3 RoPE needs this field",
+                        )
+                    })
+                };
+                Some((
+                    get("factor")?,
+                    get("low_freq_factor")?,
+                    get("high_freq_factor")?,
+                    get("original_max_position_embeddings")?,
+                ))
+            }
+            other => {
+                return Err(Self::unsupported(
+                    "rope_type",
+                    format!("{other:?}"),
+                    "only default and llama3 RoPE are implemented",
+                ));
+            }
+        };
+        Ok(Rope { theta, llama3 })
+    }
+
+    /// Rejects options this implementation does not compute.
+    pub fn validate(&self) -> Result<()> {
+        if self.hidden_act != "silu" {
+            return Err(Self::unsupported(
+                "hidden_act",
+                format!("{:?}", self.hidden_act),
+                "only silu is implemented",
+            ));
+        }
+        let heads = self.num_attention_heads;
+        let kv = self.kv_heads();
+        if heads == 0 || kv == 0 || !heads.is_multiple_of(kv) {
+            return Err(Self::unsupported(
+                "num_key_value_heads",
+                kv.to_string(),
+                "must divide num_attention_heads",
+            ));
+        }
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(heads) {
+            return Err(Self::unsupported(
+                "num_attention_heads",
+                heads.to_string(),
+                "must divide hidden_size when head_dim is absent",
+            ));
+        }
+        self.rope().map(|_| ())
+    }
+
+    fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    fn head_width(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    fn eos(&self) -> Vec<i64> {
+        match &self.eos_token_id {
+            Some(Value::Number(n)) => n.as_i64().into_iter().collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_i64).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A randomly initialised model with this architecture.
+    pub fn init(&self, device: &Device) -> Result<LlamaForCausalLm> {
+        self.validate()?;
+        let d = self.hidden_size;
+        let hd = self.head_width();
+        let (h, kv) = (self.num_attention_heads, self.kv_heads());
+        let linear = |i: usize, o: usize, bias: bool| {
+            LinearConfig::new(i, o)
+                .with_bias(bias)
+                .init_factored(device)
+        };
+        let norm = || RmsNorm::new(d, self.rms_norm_eps, device);
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| LlamaDecoderLayer {
+                self_attn: LlamaAttention {
+                    q_proj: linear(d, h * hd, self.attention_bias),
+                    k_proj: linear(d, kv * hd, self.attention_bias),
+                    v_proj: linear(d, kv * hd, self.attention_bias),
+                    o_proj: linear(h * hd, d, self.attention_bias),
+                    heads: h,
+                    kv_heads: kv,
+                    head_dim: hd,
+                },
+                mlp: LlamaMlp {
+                    gate_proj: linear(d, self.intermediate_size, self.mlp_bias),
+                    up_proj: linear(d, self.intermediate_size, self.mlp_bias),
+                    down_proj: linear(self.intermediate_size, d, self.mlp_bias),
+                },
+                input_layernorm: norm(),
+                post_attention_layernorm: norm(),
+            })
+            .collect();
+        Ok(LlamaForCausalLm {
+            model: LlamaModel {
+                embed_tokens: EmbeddingConfig::new(self.vocab_size, d).init_factored(device),
+                layers,
+                norm: norm(),
+            },
+            lm_head: (!self.tie_word_embeddings).then(|| linear(d, self.vocab_size, false)),
+            rope: self.rope()?,
+            eos_token_ids: self.eos(),
+        })
+    }
+}
+
+/// Grouped-query attention with rotary positions.
+#[derive(Module, Debug)]
+pub struct LlamaAttention {
+    /// Query projection.
+    pub q_proj: Linear,
+    /// Key projection.
+    pub k_proj: Linear,
+    /// Value projection.
+    pub v_proj: Linear,
+    /// Output projection.
+    pub o_proj: Linear,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Head width.
+    pub head_dim: usize,
+}
+
+fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let half = x.dims()[3] / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+impl LlamaAttention {
+    /// `[batch, seq, d]` → `[batch, seq, d]`; `cos`/`sin` are `[1, 1, seq, head_dim]`.
+    pub fn forward(&self, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<3> {
+        let q = split_heads(self.q_proj.forward(x.clone()), self.heads, self.head_dim);
+        let k = split_heads(self.k_proj.forward(x.clone()), self.kv_heads, self.head_dim);
+        let v = split_heads(self.v_proj.forward(x), self.kv_heads, self.head_dim);
+        let (q, k) = (rotate(q, cos, sin), rotate(k, cos, sin));
+        let out = causal_attention(q, k, v, (self.head_dim as f64).powf(-0.5));
+        self.o_proj.forward(merge_heads(out))
+    }
+}
+
+/// SwiGLU: `down(silu(gate(x)) · up(x))`.
+#[derive(Module, Debug)]
+pub struct LlamaMlp {
+    /// Gate projection.
+    pub gate_proj: Linear,
+    /// Up projection.
+    pub up_proj: Linear,
+    /// Down projection.
+    pub down_proj: Linear,
+}
+
+impl LlamaMlp {
+    /// `[batch, seq, d]` → `[batch, seq, d]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// One pre-norm decoder block.
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer {
+    /// Attention.
+    pub self_attn: LlamaAttention,
+    /// MLP.
+    pub mlp: LlamaMlp,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+}
+
+impl LlamaDecoderLayer {
+    /// `[batch, seq, d]` → `[batch, seq, d]`.
+    pub fn forward(&self, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<3> {
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+}
+
+/// transformers' `LlamaModel`.
+#[derive(Module, Debug)]
+pub struct LlamaModel {
+    /// Token embedding `[vocab, hidden]`.
+    pub embed_tokens: Embedding,
+    /// The blocks.
+    pub layers: Vec<LlamaDecoderLayer>,
+    /// Final norm.
+    pub norm: RmsNorm,
+}
+
+/// `LlamaForCausalLM`.
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLm {
+    /// The body (`model.*`).
+    pub model: LlamaModel,
+    /// Untied head; `None` when tied to `model.embed_tokens`.
+    pub lm_head: Option<Linear>,
+    /// RoPE settings.
+    #[module(skip)]
+    pub rope: Rope,
+    /// End-of-sequence tokens.
+    #[module(skip)]
+    pub eos_token_ids: Vec<i64>,
+}
+
+impl LlamaForCausalLm {
+    /// Loads a transformers Llama checkpoint (`model_type: "llama"`).
+    pub fn from_checkpoint(checkpoint: &Checkpoint, device: &Device) -> Result<Self> {
+        let config: LlamaConfig = checkpoint.parse_config()?;
+        let model = config.init(device)?;
+        let mut sd = checkpoint.state_dict()?;
+        // Buffers some older checkpoints carry.
+        sd.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
+        if config.tie_word_embeddings {
+            sd.remove("lm_head.weight");
+        }
+        Ok(peft_core::io::load_pytorch_state_dict(
+            model,
+            &sd,
+            &peft_core::KeyMap::identity(),
+        )?)
+    }
+}
+
+impl CausalLm for LlamaForCausalLm {
+    fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let seq = ids.dims()[1];
+        let device = ids.device();
+        let head_dim = self
+            .model
+            .layers
+            .first()
+            .map(|l| l.self_attn.head_dim)
+            .unwrap_or(2);
+        let (cos, sin) = self.rope.tables(seq, head_dim, &device);
+        let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
+        let mut x = self.model.embed_tokens.forward(ids);
+        for layer in &self.model.layers {
+            x = layer.forward(x, &cos, &sin);
+        }
+        let x = self.model.norm.forward(x);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => tied_logits(x, &self.model.embed_tokens),
+        }
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        None
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.embed_tokens.weight.lazy_shape().dims::<2>()[0]
+    }
+
+    fn eos_token_ids(&self) -> Vec<i64> {
+        self.eos_token_ids.clone()
+    }
+}
