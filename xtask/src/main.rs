@@ -3,7 +3,8 @@
 //! ```text
 //! cargo xtask test [--backend flex|ndarray|wgpu|all]   # default: flex then wgpu, one build
 //! cargo xtask check-cuda                                # DOCS_RS=1 cargo check --features cuda
-//! cargo xtask fixtures [--python PY]                    # regenerate fixtures with real PEFT
+//! cargo xtask fixtures [--python PY] [--verify]         # regenerate fixtures with real PEFT;
+//!                                                       # --verify: PEFT loads our adapters
 //! cargo xtask bench [criterion args]                    # criterion benches under benches/
 //! ```
 
@@ -85,7 +86,69 @@ fn fixtures(args: &[String]) -> Result<(), String> {
     let script = root().join("xtask/fixtures/generate.py");
     let mut cmd = Command::new(&python);
     cmd.arg(&script).arg(root().join("fixtures"));
-    run(&mut cmd)
+    run(&mut cmd)?;
+    if args.iter().any(|a| a == "--verify") {
+        verify(&python)?;
+    }
+    Ok(())
+}
+
+/// Trains adapters with the fine-tuning example, runs `peft forward` with them, and has real
+/// PEFT load the same folders and compare logits (`xtask/fixtures/verify.py`).
+fn verify(python: &str) -> Result<(), String> {
+    let probe = Command::new(python)
+        .args(["-c", "import torch, transformers, peft"])
+        .status();
+    if !probe.map(|s| s.success()).unwrap_or(false) {
+        eprintln!("xtask: verify skipped: `{python}` cannot import torch, transformers and peft");
+        return Ok(());
+    }
+    // The test build (same features), so that nothing is compiled twice.
+    run(cargo().args([
+        "build",
+        "--workspace",
+        "--exclude",
+        "xtask",
+        "--bins",
+        "--examples",
+        "--features",
+        TEST_FEATURES,
+    ]))?;
+    let target = root().join("target");
+    let models = root().join("fixtures/models");
+    let out = target.join("verify");
+    let _ = std::fs::remove_dir_all(&out);
+    for model in ["opt_pre", "llama"] {
+        let dir = out.join(model);
+        let adapter = dir.join("adapter");
+        run(Command::new(target.join("debug/examples/finetune"))
+            .arg("--model")
+            .arg(models.join(model).join("checkpoint"))
+            .arg("--out")
+            .arg(&adapter)
+            .args([
+                "--steps",
+                "20",
+                "--targets",
+                "q_proj,k_proj,v_proj,fc1,up_proj",
+            ])
+            .env("BURN_DEVICE", "flex"))?;
+        run(Command::new(target.join("debug/peft"))
+            .arg("forward")
+            .arg("--model")
+            .arg(models.join(model).join("checkpoint"))
+            .arg("--adapter")
+            .arg(&adapter)
+            .arg("--input-ids")
+            .arg(models.join("inputs.safetensors"))
+            .arg("--out")
+            .arg(dir.join("logits.safetensors"))
+            .env("BURN_DEVICE", "flex"))?;
+    }
+    run(Command::new(python)
+        .arg(root().join("xtask/fixtures/verify.py"))
+        .arg(&out)
+        .arg(&models))
 }
 
 fn main() -> ExitCode {
@@ -105,7 +168,7 @@ fn main() -> ExitCode {
             .env("DOCS_RS", "1")),
         Some("fixtures") => fixtures(&args[1..]),
         Some("bench") => run(cargo().args(["bench", "-p", "peft-benches", "--benches", "--"]).args(&args[1..])),
-        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] | bench>".into()),
+        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify] | bench>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

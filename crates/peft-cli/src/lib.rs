@@ -14,3 +14,8 @@ pub mod merge;
 pub mod stream;
 
 pub use error::{CliError, Result};
+
+/// The README's examples, compiled and run as doc tests (this crate depends on every other).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -47,8 +47,3 @@ pub use error::{LoraError, Result};
 pub use inject::InjectOptions;
 pub use layer::LoraAdapter;
 pub use model::{LoraModel, LoraTarget, MergedLoraModel};
-
-/// The README's examples, compiled and run as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;

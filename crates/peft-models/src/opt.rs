@@ -129,7 +129,9 @@ impl OptConfig {
                 "layer norms without weights are not implemented",
             ));
         }
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(Self::unsupported(
                 "num_attention_heads",
                 self.num_attention_heads.to_string(),
