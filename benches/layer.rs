@@ -1,5 +1,6 @@
 //! One adapted Linear layer (d = 1024, 2048 tokens, r = 16), forward and forward+backward:
-//! the frozen base layer, peft-rs's factored LoRA, and burn's built-in `apply_lora` (weight space).
+//! the frozen base layer, peft-rs's factored LoRA and LoRA-FA (A frozen), and burn's built-in
+//! `apply_lora` (weight space).
 //!
 //! Run: `cargo xtask bench layer` (the default backend; `BURN_DEVICE` picks another).
 
@@ -44,6 +45,18 @@ fn bench_layer(c: &mut Criterion) {
         &InjectOptions::default(),
     )
     .expect("inject")
+    .model;
+    // LoRA-FA: the same adapter with A frozen.
+    let lorafa = peft_lorafa::freeze_a(
+        LoraModel::inject(
+            Factored {
+                layer: LinearConfig::new(D, D).init_factored(&device),
+            },
+            &config,
+            &InjectOptions::default(),
+        )
+        .expect("inject"),
+    )
     .model;
     let burn_lora = Dense {
         layer: LinearConfig::new(D, D).init(&device),
@@ -101,6 +114,11 @@ fn bench_layer(c: &mut Criterion) {
         "train_step/peft_factored",
         device,
         factored.layer.forward(xg.clone()).sum().backward()
+    );
+    bench!(
+        "train_step/peft_lorafa",
+        device,
+        lorafa.layer.forward(xg.clone()).sum().backward()
     );
     bench!(
         "train_step/burn_apply_lora",

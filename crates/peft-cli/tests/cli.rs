@@ -25,7 +25,9 @@ fn peft(args: &[&str]) -> Output {
     // software Vulkan driver costs tens of seconds per process.
     Command::new(env!("CARGO_BIN_EXE_peft"))
         .env("BURN_DEVICE", "flex")
-        .args(args).output().unwrap()
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ok(args: &[&str]) -> String {
