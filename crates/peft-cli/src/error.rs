@@ -18,6 +18,9 @@ pub enum CliError {
     /// A LoRA config or adapter problem.
     #[error(transparent)]
     Lora(#[from] LoraError),
+    /// A Bone/MiSS config or adapter problem.
+    #[error(transparent)]
+    Bone(#[from] peft_bone::BoneError),
     /// A checkpoint or model problem.
     #[error(transparent)]
     Model(#[from] ModelError),

@@ -14,6 +14,8 @@ use crate::stream::LazyFile;
 pub struct Inspection {
     /// `peft_type` (`LORA`, `BONE`, `MISS`, …).
     pub method: String,
+    /// Bone/MiSS mode (`default`, `bat`, `mini`); `None` for LoRA.
+    pub mode: Option<String>,
     /// Every rank the adapted modules use (from the tensor shapes).
     pub ranks: Vec<usize>,
     /// `lora_alpha` and every `alpha_pattern` value (LoRA only).
@@ -71,7 +73,13 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     }
     alphas.sort_by(f64::total_cmp);
     alphas.dedup();
+    let mode =
+        matches!(method.as_str(), "BONE" | "MISS").then(|| match config.get("init_weights") {
+            Some(Value::String(m)) => m.clone(),
+            _ => "default".to_string(),
+        });
     Ok(Inspection {
+        mode,
         method,
         ranks: ranks.into_iter().collect(),
         alphas,
@@ -130,8 +138,12 @@ impl Inspection {
             list(&self.alphas)
         };
         format!(
-            "method:          {}\nrank(s):         {}\nalpha(s):        {}\ntargets:         {}\nmodules_to_save: {}\nadapted modules: {}\nparameters:      {}\nfile size:       {} bytes ({:.2} MiB)",
+            "method:          {}{}\nrank(s):         {}\nalpha(s):        {}\ntargets:         {}\nmodules_to_save: {}\nadapted modules: {}\nparameters:      {}\nfile size:       {} bytes ({:.2} MiB)",
             self.method,
+            self.mode
+                .as_ref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default(),
             list(&self.ranks),
             alphas,
             targets(&self.targets),
@@ -147,6 +159,7 @@ impl Inspection {
     pub fn json(&self) -> Value {
         json!({
             "method": self.method,
+            "mode": self.mode,
             "ranks": self.ranks,
             "alphas": self.alphas,
             "target_modules": self.targets,

@@ -4,9 +4,11 @@
 //! - [`merge`](merge::merge): state-dict-level merge of an adapter into any transformers
 //!   checkpoint, streamed tensor by tensor, written atomically.
 //! - [`forward`](forward::forward): logits of an OPT or Llama checkpoint with an optional adapter.
+//! - [`convert`](convert::convert): Bone ↔ MiSS adapter folders.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod args;
+pub mod convert;
 pub mod error;
 pub mod forward;
 pub mod inspect;

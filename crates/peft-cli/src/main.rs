@@ -6,12 +6,13 @@ use std::process::ExitCode;
 
 use peft_cli::args::Args;
 use peft_cli::error::{CliError, Result};
-use peft_cli::{forward, inspect, merge};
+use peft_cli::{convert, forward, inspect, merge};
 
 const USAGE: &str = "usage:
   peft inspect <adapter-dir> [--json]
   peft merge --base <model.safetensors | model-dir> --adapter <adapter-dir> --out <file.safetensors> [--dtype keep|f32|f16|bf16]
   peft forward --model <hf-dir> [--adapter <adapter-dir>] [--merge] --input-ids <ids.safetensors> --out <logits.safetensors>
+  peft convert <bone-or-miss-dir> <out-dir> [--to miss|bone]
 
 BURN_DEVICE picks the backend (default: the first compiled in).";
 
@@ -74,6 +75,25 @@ fn run(argv: &[String]) -> Result<()> {
                 Path::new(args.required("input-ids")?),
                 Path::new(args.required("out")?),
             )
+        }
+        "convert" => {
+            let args = Args::parse(rest, &["to"], &[])?;
+            let [input, output] = args.positional.as_slice() else {
+                return Err(CliError::Usage("convert takes <in-dir> <out-dir>".into()));
+            };
+            let to = match args.value("to") {
+                None => None,
+                Some("miss") => Some(peft_bone::BoneFormat::Miss),
+                Some("bone") => Some(peft_bone::BoneFormat::Bone),
+                Some(other) => {
+                    return Err(CliError::Usage(format!(
+                        "--to must be miss or bone, not `{other}`"
+                    )));
+                }
+            };
+            let written = convert::convert(Path::new(input), Path::new(output), to)?;
+            eprintln!("peft: wrote a {} adapter to {output}", written.peft_type());
+            Ok(())
         }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use peft_bone::io::file_shape;
+use peft_bone::{BoneConfig, BoneMode};
 use peft_core::PEFT_PREFIX;
 use peft_core::io::{WEIGHTS_NAME, read_config_json, read_safetensors};
 use peft_lora::LoraConfig;
@@ -55,6 +57,13 @@ enum Change {
         b: TensorData,
         scaling: f64,
         transpose: bool,
+    },
+    /// Bone/MiSS: default/mini `W[o, i] += B[i mod r, o (mod mini_r)]`; bat per r×r tile
+    /// `W ← W·(I + B[a]) + B[a]` (PyTorch layout).
+    Bone {
+        block: Vec<f32>,
+        mode: BoneMode,
+        r: usize,
     },
     /// Replace with the adapter's tensor (`modules_to_save`, saved embeddings), then apply the
     /// LoRA change if any.
@@ -122,6 +131,99 @@ fn read_lora(dir: &Path, config_json: Value) -> Result<LoraFile> {
         factors,
         replacements,
     })
+}
+
+/// Plans the changes of a Bone/MiSS folder: one block per targeted Linear weight.
+fn plan_bone(
+    dir: &Path,
+    config_json: &Value,
+    keys: &BTreeMap<String, (usize, crate::stream::Entry)>,
+) -> Result<HashMap<String, Change>> {
+    let config = BoneConfig::from_json(config_json)?;
+    let suffix = format!(".{}", config.format.block_key());
+    let mut changes = HashMap::new();
+    for (key, data) in read_safetensors(&dir.join(WEIGHTS_NAME))? {
+        let name = key.strip_prefix(PEFT_PREFIX).unwrap_or(&key);
+        let Some(module) = name.strip_suffix(&suffix) else {
+            return Err(CliError::Mismatch(format!(
+                "unexpected tensor `{key}` in a {} adapter",
+                config.format.peft_type()
+            )));
+        };
+        let weight = resolve(&format!("{module}.weight"), keys)?.to_string();
+        let shape = keys[&weight].1.shape.clone();
+        let [out, inp] = match shape.as_slice() {
+            [o, i] => [*o, *i],
+            _ => {
+                return Err(CliError::Mismatch(format!(
+                    "module `{module}`: checkpoint `{weight}` has shape {shape:?}, not a Linear weight"
+                )));
+            }
+        };
+        peft_bone::inject::check_layer(&config, module, inp, out)?;
+        let expected = file_shape(config.mode, config.r, out);
+        if data.shape().as_slice() != expected.as_slice() {
+            return Err(CliError::Mismatch(format!(
+                "module `{module}`: block {:?}, a [{out}, {inp}] weight needs {expected:?}",
+                data.shape().as_slice()
+            )));
+        }
+        let block = data
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| CliError::Mismatch(format!("{key}: {e:?}")))?;
+        changes.insert(
+            weight,
+            Change::Bone {
+                block,
+                mode: config.mode,
+                r: config.r,
+            },
+        );
+    }
+    Ok(changes)
+}
+
+/// Applies a Bone/MiSS block to a PyTorch-layout weight `[out, in]`.
+fn apply_bone(
+    mut w: Vec<f32>,
+    out: usize,
+    inp: usize,
+    block: &[f32],
+    mode: BoneMode,
+    r: usize,
+) -> Vec<f32> {
+    match mode {
+        BoneMode::Bat => {
+            for a in 0..out / r {
+                let b = &block[a * r * r..(a + 1) * r * r];
+                for c in 0..inp / r {
+                    // T' = T + T·B + B for the tile at rows a·r.., columns c·r...
+                    let tile: Vec<f32> = (0..r * r)
+                        .map(|k| w[(a * r + k / r) * inp + c * r + k % r])
+                        .collect();
+                    for i in 0..r {
+                        for j in 0..r {
+                            let tb: f32 = (0..r).map(|k| tile[i * r + k] * b[k * r + j]).sum();
+                            w[(a * r + i) * inp + c * r + j] += tb + b[i * r + j];
+                        }
+                    }
+                }
+            }
+        }
+        BoneMode::Default | BoneMode::Mini { .. } => {
+            let m = match mode {
+                BoneMode::Mini { mini_r } => mini_r,
+                _ => out,
+            };
+            for o in 0..out {
+                for i in 0..inp {
+                    w[o * inp + i] += block[(i % r) * m + o % m];
+                }
+            }
+        }
+    }
+    w
 }
 
 /// Finds the checkpoint key of `name` (`<module>.<param>` as the adapter names it): the exact
@@ -219,6 +321,7 @@ fn plan(
 
 fn apply(change: Change, w: Vec<f32>, shape: &[usize], device: &Device) -> Result<Vec<f32>> {
     match change {
+        Change::Bone { block, mode, r } => Ok(apply_bone(w, shape[0], shape[1], &block, mode, r)),
         Change::Replace(data, then) => {
             let w = data
                 .convert::<f32>()
@@ -261,14 +364,6 @@ pub fn merge(base: &Path, adapter: &Path, out: &Path, dtype: OutDtype) -> Result
         .and_then(Value::as_str)
         .unwrap_or("LORA")
         .to_string();
-    let lora = match peft_type.as_str() {
-        "LORA" => read_lora(adapter, config)?,
-        other => {
-            return Err(CliError::Unsupported(format!(
-                "peft_type {other:?} cannot be merged (supported: LORA)"
-            )));
-        }
-    };
     let files = peft_models::checkpoint::weight_files(base)?;
     let mut lazy: Vec<LazyFile> = files
         .iter()
@@ -284,7 +379,15 @@ pub fn merge(base: &Path, adapter: &Path, out: &Path, dtype: OutDtype) -> Result
             }
         }
     }
-    let mut changes = plan(lora, &keys)?;
+    let mut changes = match peft_type.as_str() {
+        "LORA" => plan(read_lora(adapter, config)?, &keys)?,
+        "BONE" | "MISS" => plan_bone(adapter, &config, &keys)?,
+        other => {
+            return Err(CliError::Unsupported(format!(
+                "peft_type {other:?} cannot be merged (supported: LORA, BONE, MISS)"
+            )));
+        }
+    };
     let changed = changes.len();
     let declared: Vec<(String, String, Vec<usize>)> = keys
         .iter()

@@ -394,3 +394,169 @@ fn errors_are_one_clear_line() {
         .contains("input_ids")
     );
 }
+
+/// A checkpoint folder holding `weights` with `model`'s config.
+fn checkpoint_with(dir: &Path, model: &str, weights: &Path) -> PathBuf {
+    let ckpt = dir.join(format!("{model}-merged"));
+    std::fs::create_dir_all(&ckpt).unwrap();
+    std::fs::copy(
+        models().join(model).join("checkpoint/config.json"),
+        ckpt.join("config.json"),
+    )
+    .unwrap();
+    std::fs::copy(weights, ckpt.join("model.safetensors")).unwrap();
+    ckpt
+}
+
+fn bone_fixtures() -> PathBuf {
+    models().join("../bone/models")
+}
+
+#[test]
+fn merge_handles_bone_and_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = models().join("inputs.safetensors");
+    for (case, model) in [
+        ("opt_miss_bat", "opt_pre"),
+        ("opt_bone_default", "opt_pre"),
+        ("llama_miss_mini", "llama"),
+        ("opt_miss_default", "opt_pre"),
+    ] {
+        let merged = dir.path().join(format!("{case}.safetensors"));
+        ok(&[
+            "merge",
+            "--base",
+            s(&models().join(model).join("checkpoint")),
+            "--adapter",
+            s(&bone_fixtures().join(case).join("adapter")),
+            "--out",
+            s(&merged),
+        ]);
+        // The merged checkpoint gives PEFT's merged logits.
+        let ckpt = checkpoint_with(dir.path(), model, &merged);
+        let out = dir.path().join("logits.safetensors");
+        ok(&[
+            "forward",
+            "--model",
+            s(&ckpt),
+            "--input-ids",
+            s(&ids),
+            "--out",
+            s(&out),
+        ]);
+        let expected = read(&bone_fixtures().join(case).join("expected.safetensors"));
+        assert_close_rel(
+            &format!("{case} merged"),
+            &read(&out)["logits"],
+            &expected["merged_logits"],
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn convert_turns_bone_into_miss_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let bone = bone_fixtures().join("opt_bone_bat/adapter");
+    let miss = dir.path().join("miss");
+    ok(&["convert", s(&bone), s(&miss)]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(miss.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "MISS");
+    assert_eq!(config["init_weights"], "bat");
+    let before = read(&bone.join("adapter_model.safetensors"));
+    let after = read(&miss.join("adapter_model.safetensors"));
+    assert_eq!(before.len(), after.len());
+    for (k, v) in &before {
+        let renamed = k.replace(".bone_block", ".miss_block");
+        assert_eq!(values(v), values(&after[&renamed]), "{k}");
+    }
+    // The converted folder gives the Bone folder's logits.
+    let ids = models().join("inputs.safetensors");
+    let out = dir.path().join("logits.safetensors");
+    let ckpt = models().join("opt_pre/checkpoint");
+    let merged = dir.path().join("merged.safetensors");
+    ok(&[
+        "merge",
+        "--base",
+        s(&ckpt),
+        "--adapter",
+        s(&miss),
+        "--out",
+        s(&merged),
+    ]);
+    let c = checkpoint_with(dir.path(), "opt_pre", &merged);
+    ok(&[
+        "forward",
+        "--model",
+        s(&c),
+        "--input-ids",
+        s(&ids),
+        "--out",
+        s(&out),
+    ]);
+    let expected = read(&bone_fixtures().join("opt_bone_bat/expected.safetensors"));
+    assert_close_rel(
+        "converted bat",
+        &read(&out)["logits"],
+        &expected["merged_logits"],
+        1e-4,
+    );
+    // And back.
+    let back = dir.path().join("bone");
+    ok(&["convert", s(&miss), s(&back), "--to", "bone"]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(back.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "BONE");
+    assert!(config.get("mini_r").is_none());
+    // MiSS-only modes cannot become Bone.
+    let e = fails(&[
+        "convert",
+        s(&bone_fixtures().join("llama_miss_mini/adapter")),
+        s(&dir.path().join("x")),
+        "--to",
+        "bone",
+    ]);
+    assert!(e.contains("mini"), "{e}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", s(&miss), "--json"])).unwrap();
+    assert_eq!(
+        (
+            json["method"].as_str(),
+            json["mode"].as_str(),
+            json["ranks"][0].as_u64()
+        ),
+        (Some("MISS"), Some("bat"), Some(4))
+    );
+}
+
+#[test]
+fn bone_merge_errors_name_the_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    // A bat adapter for 16-wide layers on the Llama (32-wide q_proj): the blocks do not fit.
+    let e = fails(&[
+        "merge",
+        "--base",
+        s(&models().join("llama/checkpoint")),
+        "--adapter",
+        s(&bone_fixtures().join("opt_miss_bat/adapter")),
+        "--out",
+        s(&out),
+    ]);
+    assert!(e.contains("model.decoder.layers.0.self_attn"), "{e}");
+    let e = fails(&[
+        "merge",
+        "--base",
+        s(&models().join("opt_pre/checkpoint")),
+        "--adapter",
+        s(&bone_fixtures().join("llama_miss_mini/adapter")),
+        "--out",
+        s(&out),
+    ]);
+    assert!(e.contains("model.layers.0.self_attn"), "{e}");
+    assert!(!out.exists());
+}
