@@ -1,6 +1,7 @@
 //! One adapted Linear layer (d = 1024, 2048 tokens, r = 16), forward and forward+backward:
-//! the frozen base layer, peft-rs's factored LoRA and LoRA-FA (A frozen), and burn's built-in
-//! `apply_lora` (weight space).
+//! the frozen base layer, peft-rs's factored LoRA and LoRA-FA (A frozen), Bone/MiSS (r = 64,
+//! default and bat), and burn's built-in `apply_lora` (weight space). Merged adapters cost exactly
+//! the base layer.
 //!
 //! Run: `cargo xtask bench layer` (the default backend; `BURN_DEVICE` picks another).
 
@@ -8,7 +9,8 @@ use burn::module::{Lora, Module};
 use burn::nn::LinearConfig;
 use burn::tensor::{Device, Distribution, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
-use peft_core::TargetModules;
+use peft_bone::{BoneConfig, BoneMode, BoneModel};
+use peft_core::{KeyMap, TargetModules};
 use peft_core::nn::InitFactored;
 use peft_lora::{InjectOptions, LoraConfig, LoraModel};
 
@@ -58,6 +60,23 @@ fn bench_layer(c: &mut Criterion) {
         .expect("inject"),
     )
     .model;
+    // Bone/MiSS at r = 64 (PEFT's default), default and bat modes.
+    let bone = |mode| {
+        let config = BoneConfig::new(TargetModules::names(["layer"]))
+            .with_r(64)
+            .with_mode(mode)
+            .with_random_init(true);
+        BoneModel::inject(
+            Factored {
+                layer: LinearConfig::new(D, D).init_factored(&device),
+            },
+            &config,
+            &KeyMap::identity(),
+        )
+        .expect("inject")
+        .model
+    };
+    let (bone_default, bone_bat) = (bone(BoneMode::Default), bone(BoneMode::Bat));
     let burn_lora = Dense {
         layer: LinearConfig::new(D, D).init(&device),
     }
@@ -92,6 +111,17 @@ fn bench_layer(c: &mut Criterion) {
     let plain = Device::default();
     let xi = Tensor::<2>::random([TOKENS, D], Distribution::Default, &plain);
     let (base_i, factored_i, burn_i) = (base.valid(), factored.valid(), burn_lora.valid());
+    let (bone_default_i, bone_bat_i) = (bone_default.valid(), bone_bat.valid());
+    bench!(
+        "inference/peft_bone_default_r64",
+        plain,
+        bone_default_i.layer.forward(xi.clone())
+    );
+    bench!(
+        "inference/peft_bone_bat_r64",
+        plain,
+        bone_bat_i.layer.forward(xi.clone())
+    );
     bench!("inference/base", plain, base_i.layer.forward(xi.clone()));
     bench!(
         "inference/peft_factored",
@@ -119,6 +149,16 @@ fn bench_layer(c: &mut Criterion) {
         "train_step/peft_lorafa",
         device,
         lorafa.layer.forward(xg.clone()).sum().backward()
+    );
+    bench!(
+        "train_step/peft_bone_default_r64",
+        device,
+        bone_default.layer.forward(xg.clone()).sum().backward()
+    );
+    bench!(
+        "train_step/peft_bone_bat_r64",
+        device,
+        bone_bat.layer.forward(xg.clone()).sum().backward()
     );
     bench!(
         "train_step/burn_apply_lora",

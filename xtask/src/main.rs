@@ -145,6 +145,18 @@ fn verify(python: &str) -> Result<(), String> {
             .arg(dir.join("logits.safetensors"))
             .env("BURN_DEVICE", "flex"))?;
     }
+    for case in ["opt_bone_default", "opt_bone_bat"] {
+        run(Command::new(target.join("debug/peft"))
+            .arg("convert")
+            .arg(
+                root()
+                    .join("fixtures/bone/models")
+                    .join(case)
+                    .join("adapter"),
+            )
+            .arg(out.join("converted").join(case))
+            .args(["--to", "miss"]))?;
+    }
     run(Command::new(python)
         .arg(root().join("xtask/fixtures/verify.py"))
         .arg(&out)
