@@ -10,8 +10,8 @@ use burn::nn::LinearConfig;
 use burn::tensor::{Device, Distribution, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use peft_bone::{BoneConfig, BoneMode, BoneModel};
-use peft_core::{KeyMap, TargetModules};
 use peft_core::nn::InitFactored;
+use peft_core::{KeyMap, TargetModules};
 use peft_lora::{InjectOptions, LoraConfig, LoraModel};
 
 const D: usize = 1024;

@@ -39,10 +39,10 @@ pub fn check_layer(config: &BoneConfig, name: &str, d_in: usize, d_out: usize) -
         return fail(format!("r = {r} exceeds in_features = {d_in}"));
     }
     match config.mode {
-        BoneMode::Bat if d_in % r != 0 || d_out % r != 0 => fail(format!(
+        BoneMode::Bat if !d_in.is_multiple_of(r) || !d_out.is_multiple_of(r) => fail(format!(
             "bat needs in_features and out_features divisible by r = {r}"
         )),
-        BoneMode::Mini { mini_r } if d_out % mini_r != 0 => fail(format!(
+        BoneMode::Mini { mini_r } if !d_out.is_multiple_of(mini_r) => fail(format!(
             "mini needs out_features divisible by mini_r = {mini_r}"
         )),
         _ => Ok(()),

@@ -92,18 +92,7 @@ impl<M: Module> BoneModel<M> {
             }
         }
         let unexpected: Vec<String> = tensors.into_keys().collect();
-        let parts: Vec<String> = [
-            ("missing tensors", &missing),
-            ("unexpected tensors", &unexpected),
-            ("mis-shaped tensors", &misshaped),
-        ]
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(what, v)| format!("{what} {v:?}"))
-        .collect();
-        if !parts.is_empty() {
-            return Err(PeftError::Mismatch(parts.join("; ")).into());
-        }
+        peft_core::io::check_adapter_tensors(&missing, &unexpected, &misshaped)?;
         Self::inject_with(model, &config, key_map, initial)
     }
 }

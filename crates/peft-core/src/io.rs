@@ -312,6 +312,29 @@ pub fn update_weights<M: Module>(model: M, updates: HashMap<String, WeightUpdate
     }
 }
 
+/// Fails with one message listing every missing, unexpected and mis-shaped tensor of an adapter
+/// file, by name (the empty lists left out); `Ok` when all three are empty.
+pub fn check_adapter_tensors(
+    missing: &[String],
+    unexpected: &[String],
+    misshaped: &[String],
+) -> Result<()> {
+    let parts: Vec<String> = [
+        ("missing tensors", missing),
+        ("unexpected tensors", unexpected),
+        ("mis-shaped tensors", misshaped),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(what, v)| format!("{what} {v:?}"))
+    .collect();
+    if parts.is_empty() {
+        Ok(())
+    } else {
+        Err(PeftError::Mismatch(parts.join("; ")))
+    }
+}
+
 /// Transposes a rank-2 f32 tensor on the host (the `[out, in]` ↔ `[in, out]` file boundary).
 pub fn transpose(data: &TensorData) -> Result<TensorData> {
     let [rows, cols] = match data.shape().as_slice() {

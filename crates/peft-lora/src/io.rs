@@ -200,18 +200,7 @@ impl<M: Module> LoraModel<M> {
             }
         }
         let unexpected: Vec<String> = tensors.into_keys().collect();
-        if !(missing.is_empty() && misshaped.is_empty() && unexpected.is_empty()) {
-            let parts: Vec<String> = [
-                ("missing tensors", &missing),
-                ("unexpected tensors", &unexpected),
-                ("mis-shaped tensors", &misshaped),
-            ]
-            .into_iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(what, v)| format!("{what} {v:?}"))
-            .collect();
-            return Err(PeftError::Mismatch(parts.join("; ")).into());
-        }
+        peft_core::io::check_adapter_tensors(&missing, &unexpected, &misshaped)?;
         let model = replace_params(model, base_weights)?;
         let mut lora = Self::inject_planned(model, &config, options, plan, targets, initial);
         lora.model = replace_params(lora.model, saved)?;
