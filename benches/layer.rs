@@ -3,7 +3,7 @@
 //! default and bat), and burn's built-in `apply_lora` (weight space). Merged adapters cost exactly
 //! the base layer.
 //!
-//! Run: `cargo xtask bench layer` (the default backend; `BURN_DEVICE` picks another).
+//! Run: `cargo xtask bench criterion layer` (the default backend; `BURN_DEVICE` picks another).
 
 use burn::module::{Lora, Module};
 use burn::nn::LinearConfig;

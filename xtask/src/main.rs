@@ -5,7 +5,8 @@
 //! cargo xtask check-cuda                                # DOCS_RS=1 cargo check --features cuda
 //! cargo xtask fixtures [--python PY] [--verify]         # regenerate fixtures with real PEFT;
 //!                                                       # --verify: PEFT loads our adapters
-//! cargo xtask bench [criterion args]                    # criterion benches under benches/
+//! cargo xtask bench [--quick] [--models 125m,350m,1.3b] [--backend B] # method comparison guide
+//! cargo xtask bench criterion [criterion args]          # per-layer criterion benches
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -163,6 +164,37 @@ fn verify(python: &str) -> Result<(), String> {
         .arg(&models))
 }
 
+/// Builds and runs the method-comparison guide (`benches/guide`) in release mode.
+fn guide(args: &[String]) -> Result<(), String> {
+    let mut rest = Vec::new();
+    let mut backend = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--backend" {
+            backend = it.next().cloned();
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "peft-benches",
+        "--bin",
+        "guide",
+        "--features",
+    ])
+    .arg(TEST_FEATURES)
+    .arg("--")
+    .args(&rest);
+    if let Some(b) = backend {
+        cmd.env("BURN_DEVICE", b);
+    }
+    run(&mut cmd)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -179,8 +211,11 @@ fn main() -> ExitCode {
             .args(["check", "--workspace", "--exclude", "xtask", "--features", "peft-core/cuda"])
             .env("DOCS_RS", "1")),
         Some("fixtures") => fixtures(&args[1..]),
-        Some("bench") => run(cargo().args(["bench", "-p", "peft-benches", "--benches", "--"]).args(&args[1..])),
-        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify] | bench>".into()),
+        Some("bench") if args.get(1).map(String::as_str) == Some("criterion") => {
+            run(cargo().args(["bench", "-p", "peft-benches", "--benches", "--"]).args(&args[2..]))
+        }
+        Some("bench") => guide(&args[1..]),
+        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify] | bench [--quick] [--models M] [--backend B] | bench criterion [args]>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
