@@ -9,15 +9,7 @@ fn f(v: &Value, k: &str) -> f64 {
 }
 
 fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    peft_core::params::group(n as usize)
 }
 
 fn mib(b: f64) -> String {

@@ -35,7 +35,8 @@ impl fmt::Display for ParamCounts {
     }
 }
 
-fn group(n: usize) -> String {
+/// `589824` → `"589,824"`: thousands separated by commas, as PEFT prints counts.
+pub fn group(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
