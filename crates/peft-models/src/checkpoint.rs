@@ -111,6 +111,25 @@ impl Checkpoint {
         })
     }
 
+    /// Loads `state_dict` (this checkpoint's tensors, after any model-specific renaming) into
+    /// `model` with transformers' names; with a tied head, a redundant `lm_head.weight` is dropped.
+    /// Missing and unexpected tensors are an error that lists them.
+    pub fn load_into<M: burn::module::Module>(
+        &self,
+        model: M,
+        mut state_dict: BTreeMap<String, TensorData>,
+        tied_head: bool,
+    ) -> Result<M> {
+        if tied_head {
+            state_dict.remove("lm_head.weight");
+        }
+        Ok(peft_core::io::load_pytorch_state_dict(
+            model,
+            &state_dict,
+            &peft_core::KeyMap::identity(),
+        )?)
+    }
+
     /// Every tensor of every weight file, as f32 (floats of any width) or i64 data.
     pub fn state_dict(&self) -> Result<BTreeMap<String, TensorData>> {
         let mut out = BTreeMap::new();

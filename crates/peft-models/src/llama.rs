@@ -393,14 +393,7 @@ impl LlamaForCausalLm {
         let mut sd = checkpoint.state_dict()?;
         // Buffers some older checkpoints carry.
         sd.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
-        if config.tie_word_embeddings {
-            sd.remove("lm_head.weight");
-        }
-        Ok(peft_core::io::load_pytorch_state_dict(
-            model,
-            &sd,
-            &peft_core::KeyMap::identity(),
-        )?)
+        checkpoint.load_into(model, sd, config.tie_word_embeddings)
     }
 }
 

@@ -316,14 +316,7 @@ impl OptForCausalLm {
                 .map(|(k, v)| (format!("model.{k}"), v))
                 .collect();
         }
-        if config.tie_word_embeddings {
-            sd.remove("lm_head.weight");
-        }
-        Ok(peft_core::io::load_pytorch_state_dict(
-            model,
-            &sd,
-            &peft_core::KeyMap::identity(),
-        )?)
+        checkpoint.load_into(model, sd, config.tie_word_embeddings)
     }
 }
 
