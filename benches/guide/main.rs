@@ -1,17 +1,20 @@
 //! `cargo xtask bench`: the method comparison guide, measured.
 //!
 //! ```text
-//! guide [--models 125m,350m,1.3b] [--quick] [--batch 4] [--seq 256] [--steps 3] [--out docs]
+//! guide [--models 125m,350m,1.3b] [--quick] [--methods frozen,lora-qv,..] [--batch B] [--seq S]
+//!       [--steps N] [--vs-pytorch] [--python PY] [--out docs]
 //! ```
 //!
 //! For each model (OPT architectures with random weights: same shapes and FLOPs as the real
 //! checkpoints) and each method, it measures trainable parameters, adapter file size, the
 //! training-step time (AdamW; LoRA-FA with its own optimizer), the peak memory of a training step
-//! (a counting allocator: host backends), and inference latency unmerged and merged. It prints a
-//! table, writes `results.json`, SVG charts and the measured sections of
+//! (a counting allocator: host backends), and inference latency unmerged and merged. With
+//! `--vs-pytorch` it runs the same rows in HF PEFT (`pytorch.py`) and adds ratios. It prints
+//! tables, writes `results.json`, SVG charts and the measured sections of
 //! `docs/method_comparison*.md`.
 
 mod measure;
+mod pytorch;
 mod report;
 
 use std::path::PathBuf;
@@ -21,26 +24,83 @@ use indicatif::{ProgressBar, ProgressStyle};
 use measure::{Method, Settings};
 use peak_alloc::PeakAlloc;
 use peft_models::OptConfig;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Every heap allocation is counted: the peak-memory figures are read from it.
 #[global_allocator]
 pub static ALLOC: PeakAlloc = PeakAlloc;
 
+fn fail(msg: String) -> ! {
+    eprintln!("guide: {msg}");
+    std::process::exit(2);
+}
+
+/// Total memory of this machine in bytes (`/proc/meminfo`), when known.
+fn mem_total() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Why `method` is not run on a model of `params` parameters, if it is not.
+fn skip_reason(method: Method, params: usize) -> Option<String> {
+    // f32 weights, gradients and AdamW's two moments, before any activation.
+    let need = 16 * params as u64;
+    let total = mem_total()?;
+    (method == Method::Full && need > total * 7 / 10).then(|| {
+        format!(
+            "weights, gradients and AdamW state alone take {:.1} GiB of this machine's {:.1} GiB",
+            need as f64 / (1u64 << 30) as f64,
+            total as f64 / (1u64 << 30) as f64
+        )
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let get = |flag: &str| args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone());
     let quick = args.iter().any(|a| a == "--quick");
-    let num =
-        |flag: &str, default: usize| get(flag).and_then(|v| v.parse().ok()).unwrap_or(default);
-    let settings = Settings {
-        batch: num("--batch", if quick { 1 } else { 4 }),
-        seq: num("--seq", if quick { 64 } else { 256 }),
-        steps: num("--steps", if quick { 1 } else { 3 }),
-        reps: if quick { 2 } else { 5 },
+    let vs_pytorch = args.iter().any(|a| a == "--vs-pytorch");
+    let num = |flag: &str| {
+        get(flag).map(|v| {
+            v.parse::<usize>()
+                .unwrap_or_else(|_| fail(format!("{flag} takes a number, not `{v}`")))
+        })
     };
-    let models = get("--models").unwrap_or_else(|| "125m".into());
+    let methods: Vec<Method> = match get("--methods") {
+        None => Method::ALL.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|k| {
+                Method::ALL
+                    .into_iter()
+                    .find(|m| m.key() == k)
+                    .unwrap_or_else(|| {
+                        let keys: Vec<_> = Method::ALL.iter().map(|m| m.key()).collect();
+                        fail(format!("unknown method `{k}` ({})", keys.join(", ")))
+                    })
+            })
+            .collect(),
+    };
+    let python = get("--python").unwrap_or_else(|| "python3".into());
+    let torch = if vs_pytorch {
+        match pytorch::probe(&python) {
+            Ok(versions) => {
+                eprintln!("guide: comparing with {versions}");
+                Some(python.clone())
+            }
+            Err(why) => {
+                eprintln!("guide: --vs-pytorch skipped: {why}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let models = get("--models").unwrap_or_else(|| "125m,350m,1.3b".into());
     let out = PathBuf::from(get("--out").unwrap_or_else(|| "docs".into()));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut all = serde_json::Map::new();
     let mut md = String::new();
     for name in models.split(',') {
@@ -48,39 +108,65 @@ fn main() {
             "125m" => OptConfig::opt_125m(),
             "350m" => OptConfig::opt_350m(),
             "1.3b" => OptConfig::opt_1_3b(),
-            other => {
-                eprintln!("guide: unknown model `{other}` (125m, 350m, 1.3b)");
-                std::process::exit(2);
-            }
+            other => fail(format!("unknown model `{other}` (125m, 350m, 1.3b)")),
         };
-        let bar = ProgressBar::new(Method::ALL.len() as u64);
+        let mut settings = Settings::for_model(name, quick);
+        settings.batch = num("--batch").unwrap_or(settings.batch);
+        settings.seq = num("--seq").unwrap_or(settings.seq);
+        settings.steps = num("--steps").unwrap_or(settings.steps).max(1);
+        let per_method = if torch.is_some() { 2 } else { 1 };
+        let bar = ProgressBar::new((methods.len() * per_method) as u64);
         bar.set_style(
             ProgressStyle::with_template("OPT-{prefix} {bar:25} {pos}/{len} {msg}")
                 .expect("template"),
         );
         bar.set_prefix(name.to_string());
+        let params = measure::total_params(&config);
         let mut rows = Vec::new();
-        for method in Method::ALL {
+        for &method in &methods {
             bar.set_message(method.label());
-            rows.push(measure::measure(&config, method, &settings));
+            let mut row = match skip_reason(method, params) {
+                Some(why) => json!({"key": method.key(), "method": method.label(), "skipped": why}),
+                None => measure::measure(&config, method, &settings),
+            };
             bar.inc(1);
+            if let Some(python) = &torch {
+                bar.set_message(format!("{} (PyTorch)", method.label()));
+                if row.get("skipped").is_none() {
+                    row["pytorch"] = pytorch::run(python, &config, method, &settings, threads)
+                        .unwrap_or_else(|e| json!({"skipped": e}));
+                }
+                bar.inc(1);
+            }
+            rows.push(row);
         }
         bar.finish_and_clear();
-        let table = report::table(&rows);
-        println!(
-            "\nOPT-{name} (random weights), batch {} × seq {}, backend {:?}\n{table}",
-            settings.batch,
-            settings.seq,
-            Device::default()
+        let heading = format!(
+            "OPT-{name} (random weights), batch {} × seq {}, {} timed steps, {} inference repetitions",
+            settings.batch, settings.seq, settings.steps, settings.reps
         );
+        let table = report::table(&rows);
+        let targets = report::targets(&rows);
+        println!("\n{heading}\n{table}\n{targets}");
+        let mut section = format!("### OPT-{name}\n\n{heading}.\n\n{table}\n");
+        if torch.is_some() {
+            let vs = report::pytorch_table(&rows);
+            println!("{vs}");
+            section.push_str(&format!(
+                "Against HF PEFT on PyTorch, same machine, {threads} threads (ours / PyTorch; below 1 is faster):\n\n{vs}\n"
+            ));
+        }
+        section.push_str(&format!(
+            "The targets of issue #6 on this model:\n\n{targets}\n"
+        ));
         let _ = std::fs::create_dir_all(out.join("method_comparison"));
         for (key, scale, unit, title, file) in [
             ("step_s", 1e3, "ms", "train step (lower is better)", "step"),
             (
-                "peak_step_bytes",
+                "peak_heap_bytes",
                 1.0 / (1024.0 * 1024.0),
                 "MiB",
-                "peak training-step memory",
+                "peak heap during a training step",
                 "memory",
             ),
         ] {
@@ -90,35 +176,59 @@ fn main() {
                     .join(format!("opt-{name}-{file}.svg")),
                 svg,
             );
+            section.push_str(&format!(
+                "![OPT-{name} {file}](method_comparison/opt-{name}-{file}.svg)\n"
+            ));
         }
-        md.push_str(&format!(
-            "### OPT-{name}\n\n{table}\n![train step](method_comparison/opt-{name}-step.svg)\n![memory](method_comparison/opt-{name}-memory.svg)\n\n"
-        ));
-        all.insert(name.to_string(), json!(rows));
+        md.push_str(&section);
+        md.push('\n');
+        all.insert(
+            name.to_string(),
+            json!({
+                "settings": {"batch": settings.batch, "seq": settings.seq, "timed_steps": settings.steps, "reps": settings.reps},
+                "rows": rows,
+            }),
+        );
     }
+    let backend = format!("{:?}", Device::default());
     let meta = json!({
-        "settings": {"batch": settings.batch, "seq": settings.seq, "timed_steps": settings.steps, "reps": settings.reps, "quick": quick},
-        "backend": format!("{:?}", Device::default()),
+        "command": std::env::args().skip(1).collect::<Vec<_>>(),
+        "quick": quick,
+        "backend": backend,
+        "threads": threads,
         "models": all,
     });
-    let _ = std::fs::write(
-        out.join("method_comparison").join("results.json"),
+    let results = out.join("method_comparison").join("results.json");
+    if let Err(e) = std::fs::write(
+        &results,
         serde_json::to_string_pretty(&meta).unwrap_or_default(),
-    );
+    ) {
+        fail(format!("cannot write {}: {e}", results.display()));
+    }
     let header = format!(
-        "Measured by `cargo xtask bench{}` (OPT architectures with random weights, batch {} × seq {}, {} timed AdamW steps after one warm-up, medians; backend {:?}). Ratios are within one run; the machine is shared and noisy.\n\n",
+        "Measured by `cargo xtask bench{}{}` on backend {backend} with {threads} threads: OPT architectures with random weights, AdamW steps after one warm-up, medians. Ratios are within one run; the machine is shared and noisy.\n\n",
         if quick { " --quick" } else { "" },
-        settings.batch,
-        settings.seq,
-        settings.steps,
-        Device::default()
+        if torch.is_some() { " --vs-pytorch" } else { "" },
     );
+    let generated = format!("{header}{md}");
     let guide = out.join("method_comparison.md");
-    let doc = std::fs::read_to_string(&guide).unwrap_or_else(|_| "# Method comparison\n".into());
-    let _ = std::fs::write(&guide, report::splice(&doc, &format!("{header}{md}")));
+    report::splice_file(&guide, "guide", &generated);
+    let data = Value::Object(all);
+    for (page, method_keys) in [
+        ("lora", &["frozen", "lora-qv", "lora-all", "burn-lora"][..]),
+        ("lora_fa", &["lora-qv", "lorafa-qv"][..]),
+        ("bone", &["lora-qv", "bone", "bone-bat"][..]),
+    ] {
+        let path = out.join("method_comparison").join(format!("{page}.md"));
+        report::splice_file(
+            &path,
+            "guide",
+            &report::method_section(&header, &data, method_keys, torch.is_some()),
+        );
+    }
     eprintln!(
-        "guide: wrote {} and {}",
+        "guide: wrote {}, {} and the method pages",
         guide.display(),
-        out.join("method_comparison/results.json").display()
+        results.display()
     );
 }

@@ -20,6 +20,9 @@ use crate::ALLOC;
 /// A method row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    /// Every weight frozen; the step still back-propagates to the first block's input (the cost
+    /// any adapter on the first layer pays anyway).
+    FrozenBase,
     /// Every parameter trains.
     Full,
     /// LoRA r16 α16 on q,v (PEFT's OPT default targets).
@@ -38,7 +41,8 @@ pub enum Method {
 
 impl Method {
     /// Every row, in table order.
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 8] = [
+        Method::FrozenBase,
         Method::Full,
         Method::LoraQv,
         Method::LoraAll,
@@ -51,6 +55,7 @@ impl Method {
     /// Row label.
     pub fn label(self) -> &'static str {
         match self {
+            Method::FrozenBase => "frozen base (grads to inputs)",
             Method::Full => "full fine-tuning",
             Method::LoraQv => "LoRA r16 q,v",
             Method::LoraAll => "LoRA r16 all-linear",
@@ -58,6 +63,20 @@ impl Method {
             Method::BoneDefault => "MiSS/Bone default r64 q,v",
             Method::BoneBat => "MiSS/Bone bat r64 q,v",
             Method::BurnLora => "burn apply_lora r16 q,v",
+        }
+    }
+
+    /// Short name for `--methods`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Method::FrozenBase => "frozen",
+            Method::Full => "full",
+            Method::LoraQv => "lora-qv",
+            Method::LoraAll => "lora-all",
+            Method::LoraFaQv => "lorafa-qv",
+            Method::BoneDefault => "bone",
+            Method::BoneBat => "bone-bat",
+            Method::BurnLora => "burn-lora",
         }
     }
 }
@@ -73,6 +92,43 @@ pub struct Settings {
     pub steps: usize,
     /// Timed inference repetitions.
     pub reps: usize,
+}
+
+impl Settings {
+    /// The default settings for a model (`125m`, `350m`, `1.3b`), or the quick ones.
+    ///
+    /// OPT-1.3b trains one sequence per step so that the default run stays well under an hour on
+    /// two cores.
+    pub fn for_model(name: &str, quick: bool) -> Self {
+        match (quick, name) {
+            (true, _) => Self {
+                batch: 1,
+                seq: 64,
+                steps: 1,
+                reps: 2,
+            },
+            (false, "1.3b") => Self {
+                batch: 1,
+                seq: 256,
+                steps: 2,
+                reps: 3,
+            },
+            (false, _) => Self {
+                batch: 4,
+                seq: 256,
+                steps: 3,
+                reps: 5,
+            },
+        }
+    }
+}
+
+/// Parameters of the model `config` builds.
+pub fn total_params(config: &OptConfig) -> usize {
+    config
+        .init(&Device::default())
+        .expect("valid OPT config")
+        .num_params()
 }
 
 /// A model under one method: the trainable model and how to step, save and merge it.
@@ -121,6 +177,7 @@ fn build(config: &OptConfig, method: Method, device: &Device) -> (Adapted, usize
             .with_random_init(true)
     };
     match method {
+        Method::FrozenBase => (Adapted::Full(model.no_grad()), 0, total),
         Method::Full => (Adapted::Full(model), total, total),
         Method::LoraQv => {
             let l = inject(model, &lora(qv()));
@@ -194,23 +251,32 @@ pub fn measure(config: &OptConfig, method: Method, s: &Settings) -> Value {
     let mut optim = optimizer(method, &adapted);
     let mut step_times = Vec::new();
     let mut peak = 0usize;
+    // The heap just before the step with the highest growth, and that step's absolute peak.
+    let (mut heap_before, mut peak_heap) = (0usize, 0usize);
     for step in 0..=s.steps {
         let input = ids(s.batch, s.seq, vocab, &device);
         let targets = input.clone().reshape([s.batch * s.seq]);
         let before = ALLOC.current_usage();
         ALLOC.reset_peak_usage();
         let t0 = Instant::now();
-        let logits = adapted
-            .model()
-            .forward(input)
-            .reshape([s.batch * s.seq, vocab]);
+        let model = adapted.model();
+        let logits = if method == Method::FrozenBase {
+            // Nothing trains: back-propagate to the first block's input instead.
+            model.forward_embeds(model.embed(input).detach().require_grad())
+        } else {
+            model.forward(input)
+        }
+        .reshape([s.batch * s.seq, vocab]);
         let loss = loss_fn.forward(logits, targets);
         let grads = GradientsParams::from_grads(loss.backward(), adapted.model());
         let stepped = optim.step(1e-4, adapted.model().clone(), grads);
         adapted.set_model(stepped);
         device.sync().expect("device sync");
         let dt = t0.elapsed().as_secs_f64();
-        peak = peak.max(ALLOC.peak_usage().saturating_sub(before));
+        let growth = ALLOC.peak_usage().saturating_sub(before);
+        if growth >= peak {
+            (peak, heap_before, peak_heap) = (growth, before, ALLOC.peak_usage());
+        }
         if step > 0 {
             step_times.push(dt);
         }
@@ -268,6 +334,7 @@ pub fn measure(config: &OptConfig, method: Method, s: &Settings) -> Value {
     );
     let step = median(step_times);
     json!({
+        "key": method.key(),
         "method": method.label(),
         "trainable_params": trainable,
         "total_params": total,
@@ -276,6 +343,8 @@ pub fn measure(config: &OptConfig, method: Method, s: &Settings) -> Value {
         "step_s": step,
         "tokens_per_s": (s.batch * s.seq) as f64 / step,
         "peak_step_bytes": peak,
+        "heap_before_step_bytes": heap_before,
+        "peak_heap_bytes": peak_heap,
         "prompt_unmerged_s": u_prompt,
         "prompt_merged_s": m_prompt,
         "token_unmerged_s": u_token,

@@ -1,6 +1,7 @@
 //! Tables, charts and the guide's Markdown from measured rows.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -20,28 +21,39 @@ fn ms(s: f64) -> String {
     format!("{:.1} ms", s * 1e3)
 }
 
-/// The measured table of one model (Markdown), ratios against the LoRA q,v row.
+fn row<'a>(rows: &'a [Value], key: &str) -> Option<&'a Value> {
+    rows.iter()
+        .find(|r| r["key"] == key && r.get("skipped").is_none())
+}
+
+/// The measured table of one model (Markdown), step ratios against the frozen base and LoRA q,v.
 pub fn table(rows: &[Value]) -> String {
-    let lora = rows
-        .iter()
-        .find(|r| r["method"] == "LoRA r16 q,v")
-        .cloned()
-        .unwrap_or(Value::Null);
+    let step_of = |key| row(rows, key).map_or(f64::NAN, |r| f(r, "step_s"));
+    let (frozen, lora) = (step_of("frozen"), step_of("lora-qv"));
     let mut t = String::from(
-        "| method | trainable params | % | adapter file | train step | tokens/s | step / LoRA q,v | peak step memory | prompt unmerged → merged | 1 token unmerged → merged |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| method | trainable params | % | adapter file | train step | tokens/s | step / frozen base | step / LoRA q,v | peak heap in step (growth over pre-step heap) | prompt unmerged → merged | 1 token unmerged → merged |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
+        let method = r["method"].as_str().unwrap_or("?");
+        if let Some(why) = r["skipped"].as_str() {
+            let _ = writeln!(t, "| {method} | skipped: {why} ||||||||||");
+            continue;
+        }
         let _ = writeln!(
             t,
-            "| {} | {} | {:.3} | {} | {} | {:.0} | {:.2}× | {} | {} → {} | {} → {} |",
-            r["method"].as_str().unwrap_or("?"),
+            "| {method} | {} | {:.3} | {} | {} | {:.0} | {:.2}× | {:.2}× | {} | {} → {} | {} → {} |",
             thousands(r["trainable_params"].as_u64().unwrap_or(0)),
             f(r, "trainable_percent"),
             mib(f(r, "file_bytes")),
             ms(f(r, "step_s")),
             f(r, "tokens_per_s"),
-            f(r, "step_s") / f(&lora, "step_s"),
-            mib(f(r, "peak_step_bytes")),
+            f(r, "step_s") / frozen,
+            f(r, "step_s") / lora,
+            format!(
+                "{} ({})",
+                mib(f(r, "peak_heap_bytes")),
+                mib(f(r, "peak_step_bytes"))
+            ),
             ms(f(r, "prompt_unmerged_s")),
             ms(f(r, "prompt_merged_s")),
             ms(f(r, "token_unmerged_s")),
@@ -51,10 +63,137 @@ pub fn table(rows: &[Value]) -> String {
     t
 }
 
+/// The `--vs-pytorch` table of one model: PyTorch's figures and ours / PyTorch.
+pub fn pytorch_table(rows: &[Value]) -> String {
+    let mut t = String::from(
+        "| method | PyTorch step | ours / PyTorch | PyTorch peak RSS growth | PyTorch prompt unmerged → merged | ours / PyTorch (merged) | PyTorch 1 token unmerged → merged | ours / PyTorch (unmerged) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let method = r["method"].as_str().unwrap_or("?");
+        let p = &r["pytorch"];
+        if let Some(why) = r["skipped"].as_str().or(p["skipped"].as_str()) {
+            let _ = writeln!(t, "| {method} | skipped: {why} |||||||");
+            continue;
+        }
+        if p.is_null() {
+            continue;
+        }
+        let _ = writeln!(
+            t,
+            "| {method} | {} | {:.2}× | {} | {} → {} | {:.2}× | {} → {} | {:.2}× |",
+            ms(f(p, "step_s")),
+            f(r, "step_s") / f(p, "step_s"),
+            mib(f(p, "peak_rss_growth_bytes")),
+            ms(f(p, "prompt_unmerged_s")),
+            ms(f(p, "prompt_merged_s")),
+            f(r, "prompt_merged_s") / f(p, "prompt_merged_s"),
+            ms(f(p, "token_unmerged_s")),
+            ms(f(p, "token_merged_s")),
+            f(r, "token_unmerged_s") / f(p, "token_unmerged_s"),
+        );
+    }
+    t
+}
+
+/// A target: what it says, the measured ratio, and whether the ratio meets it.
+type Check = (&'static str, f64, fn(f64) -> bool);
+
+/// The targets checked against one model's rows (Markdown table).
+pub fn targets(rows: &[Value]) -> String {
+    let get = |key: &str, field: &str| row(rows, key).map_or(f64::NAN, |r| f(r, field));
+    let ratio = |k1, f1, k2, f2| get(k1, f1) / get(k2, f2);
+    let torch =
+        row(rows, "lora-qv").map_or(f64::NAN, |r| f(r, "step_s") / f(&r["pytorch"], "step_s"));
+    // (target, measured, met)
+    let checks: [Check; 8] = [
+        (
+            "LoRA q,v step / frozen-base step ≤ 1.10",
+            ratio("lora-qv", "step_s", "frozen", "step_s"),
+            |v| v <= 1.10,
+        ),
+        (
+            "burn apply_lora step / LoRA q,v step ≥ 1.30",
+            ratio("burn-lora", "step_s", "lora-qv", "step_s"),
+            |v| v >= 1.30,
+        ),
+        (
+            "merged LoRA prompt / base prompt ≤ 1.02",
+            ratio("lora-qv", "prompt_merged_s", "frozen", "prompt_merged_s"),
+            |v| v <= 1.02,
+        ),
+        (
+            "merged LoRA 1 token / base 1 token ≤ 1.02",
+            ratio("lora-qv", "token_merged_s", "frozen", "token_merged_s"),
+            |v| v <= 1.02,
+        ),
+        (
+            "unmerged / merged LoRA 1 token ≤ 1.10",
+            ratio("lora-qv", "token_unmerged_s", "lora-qv", "token_merged_s"),
+            |v| v <= 1.10,
+        ),
+        (
+            "LoRA-FA peak step heap / LoRA's < 1",
+            ratio("lorafa-qv", "peak_heap_bytes", "lora-qv", "peak_heap_bytes"),
+            |v| v < 1.0,
+        ),
+        (
+            "Bone default step / LoRA q,v step ≤ 1.10",
+            ratio("bone", "step_s", "lora-qv", "step_s"),
+            |v| v <= 1.10,
+        ),
+        ("LoRA q,v step, ours / PyTorch ≤ 1.0", torch, |v| v <= 1.0),
+    ];
+    let mut t = String::from("| target | measured | met |\n|---|---:|:---:|\n");
+    for (what, v, ok) in checks {
+        let (shown, met) = if v.is_nan() {
+            ("—".to_string(), "not measured")
+        } else {
+            (format!("{v:.3}"), if ok(v) { "yes" } else { "no" })
+        };
+        let _ = writeln!(t, "| {what} | {shown} | {met} |");
+    }
+    t
+}
+
+/// A method page's measured section: the rows `keys` of every model in `data`.
+pub fn method_section(header: &str, data: &Value, keys: &[&str], torch: bool) -> String {
+    let mut s = String::from(header);
+    if let Some(models) = data.as_object() {
+        for (name, model) in models {
+            let all = model["rows"].as_array().cloned().unwrap_or_default();
+            let rows: Vec<Value> = all
+                .iter()
+                .filter(|r| keys.iter().any(|k| r["key"] == *k))
+                .cloned()
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let st = &model["settings"];
+            let _ = write!(
+                s,
+                "#### OPT-{name} (batch {} × seq {})\n\n{}\n",
+                st["batch"],
+                st["seq"],
+                table(&rows)
+            );
+            if torch {
+                let _ = write!(
+                    s,
+                    "Against HF PEFT on PyTorch:\n\n{}\n",
+                    pytorch_table(&rows)
+                );
+            }
+        }
+    }
+    s
+}
+
 /// A horizontal bar chart (SVG) of `key` per row, scaled by `scale` and labelled with `unit`.
 pub fn bar_chart(title: &str, rows: &[Value], key: &str, scale: f64, unit: &str) -> String {
     let (w, bar_h, left) = (760.0, 26.0, 230.0);
     let h = 50.0 + bar_h * rows.len() as f64;
+    let rows: Vec<&Value> = rows.iter().filter(|r| r.get("skipped").is_none()).collect();
     let max = rows
         .iter()
         .map(|r| f(r, key) * scale)
@@ -81,14 +220,23 @@ pub fn bar_chart(title: &str, rows: &[Value], key: &str, scale: f64, unit: &str)
     s
 }
 
-/// Replaces the text between `<!-- guide:start -->` and `<!-- guide:end -->` in `doc` (appending
-/// the markers when absent).
-pub fn splice(doc: &str, generated: &str) -> String {
-    const START: &str = "<!-- guide:start -->";
-    const END: &str = "<!-- guide:end -->";
-    let block = format!("{START}\n{generated}\n{END}");
-    match (doc.find(START), doc.find(END)) {
-        (Some(a), Some(b)) if b > a => format!("{}{block}{}", &doc[..a], &doc[b + END.len()..]),
+/// Replaces the text between `<!-- {marker}:start -->` and `<!-- {marker}:end -->` in `doc`
+/// (appending the markers when absent).
+pub fn splice(doc: &str, marker: &str, generated: &str) -> String {
+    let start = format!("<!-- {marker}:start -->");
+    let end = format!("<!-- {marker}:end -->");
+    let block = format!("{start}\n{generated}\n{end}");
+    match (doc.find(&start), doc.find(&end)) {
+        (Some(a), Some(b)) if b > a => format!("{}{block}{}", &doc[..a], &doc[b + end.len()..]),
         _ => format!("{}\n\n{block}\n", doc.trim_end()),
+    }
+}
+
+/// [`splice`] on a file (created when missing); a failure to write ends the run.
+pub fn splice_file(path: &Path, marker: &str, generated: &str) {
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    if let Err(e) = std::fs::write(path, splice(&doc, marker, generated)) {
+        eprintln!("guide: cannot write {}: {e}", path.display());
+        std::process::exit(1);
     }
 }

@@ -5,7 +5,7 @@
 //! cargo xtask check-cuda                                # DOCS_RS=1 cargo check --features cuda
 //! cargo xtask fixtures [--python PY] [--verify]         # regenerate fixtures with real PEFT;
 //!                                                       # --verify: PEFT loads our adapters
-//! cargo xtask bench [--quick] [--models 125m,350m,1.3b] [--backend B] # method comparison guide
+//! cargo xtask bench [--quick] [--models 125m,350m,1.3b] [--backend B] [--vs-pytorch] # method comparison guide
 //! cargo xtask bench criterion [criterion args]          # per-layer criterion benches
 //! ```
 
@@ -189,8 +189,16 @@ fn guide(args: &[String]) -> Result<(), String> {
     .arg(TEST_FEATURES)
     .arg("--")
     .args(&rest);
-    if let Some(b) = backend {
-        cmd.env("BURN_DEVICE", b);
+    // The test features compile several backends in; the guide's default is flex (burn's
+    // pure-Rust CPU backend), as on a machine built with default features.
+    match backend {
+        Some(b) => {
+            cmd.env("BURN_DEVICE", b);
+        }
+        None if std::env::var_os("BURN_DEVICE").is_none() => {
+            cmd.env("BURN_DEVICE", "flex");
+        }
+        None => {}
     }
     run(&mut cmd)
 }
@@ -215,7 +223,7 @@ fn main() -> ExitCode {
             run(cargo().args(["bench", "-p", "peft-benches", "--benches", "--"]).args(&args[2..]))
         }
         Some("bench") => guide(&args[1..]),
-        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify] | bench [--quick] [--models M] [--backend B] | bench criterion [args]>".into()),
+        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify] | bench [--quick] [--models M] [--methods K] [--backend B] [--vs-pytorch [--python PY]] | bench criterion [args]>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

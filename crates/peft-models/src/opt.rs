@@ -318,10 +318,14 @@ impl OptForCausalLm {
         }
         checkpoint.load_into(model, sd, config.tie_word_embeddings)
     }
-}
 
-impl CausalLm for OptForCausalLm {
-    fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+    /// The first block's input: token embeddings (through `project_in` when present) plus
+    /// learned positions.
+    ///
+    /// # Shapes
+    /// - ids: `[batch, seq]`
+    /// - output: `[batch, seq, hidden_size]`
+    pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         let d = &self.model.decoder;
         let [batch, seq] = ids.dims();
         let device = ids.device();
@@ -335,7 +339,17 @@ impl CausalLm for OptForCausalLm {
         )
         .unsqueeze::<2>()
         .expand([batch, seq]);
-        x = x + d.embed_positions.forward(positions);
+        x + d.embed_positions.forward(positions)
+    }
+
+    /// Logits from the first block's input (what [`OptForCausalLm::embed`] returns), like
+    /// transformers' `inputs_embeds`: the blocks, the final norm, `project_out` and the head.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq, hidden_size]`
+    /// - output: `[batch, seq, vocab_size]`
+    pub fn forward_embeds(&self, mut x: Tensor<3>) -> Tensor<3> {
+        let d = &self.model.decoder;
         for layer in &d.layers {
             x = layer.forward(x);
         }
@@ -349,6 +363,12 @@ impl CausalLm for OptForCausalLm {
             Some(head) => head.forward(x),
             None => tied_logits(x, &d.embed_tokens),
         }
+    }
+}
+
+impl CausalLm for OptForCausalLm {
+    fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.forward_embeds(self.embed(ids))
     }
 
     fn max_positions(&self) -> Option<usize> {
