@@ -3,6 +3,7 @@
 //! ```text
 //! guide [--models 125m,350m,1.3b] [--quick] [--methods frozen,lora-qv,..] [--batch B] [--seq S]
 //!       [--steps N] [--vs-pytorch] [--python PY] [--out docs]
+//! guide --from-json docs/method_comparison/results.json [--out docs]   # re-render only
 //! ```
 //!
 //! For each model (OPT architectures with random weights: same shapes and FLOPs as the real
@@ -17,7 +18,7 @@ mod measure;
 mod pytorch;
 mod report;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -57,9 +58,26 @@ fn skip_reason(method: Method, params: usize) -> Option<String> {
     })
 }
 
+/// `Device<Flex(Cpu)>` → `flex`.
+fn backend_label(debug: &str) -> String {
+    let inner = debug.strip_prefix("Device<").unwrap_or(debug);
+    let end = inner.find(['(', '>']).unwrap_or(inner.len());
+    inner[..end].to_lowercase()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let get = |flag: &str| args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone());
+    let out = PathBuf::from(get("--out").unwrap_or_else(|| "docs".into()));
+    if let Some(path) = get("--from-json") {
+        // Re-render the docs from a previous run's figures, measuring nothing.
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| fail(format!("cannot read {path}: {e}")));
+        let meta: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| fail(format!("{path} is not a results file: {e}")));
+        publish(&meta, &out);
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let vs_pytorch = args.iter().any(|a| a == "--vs-pytorch");
     let num = |flag: &str| {
@@ -99,10 +117,8 @@ fn main() {
         None
     };
     let models = get("--models").unwrap_or_else(|| "125m,350m,1.3b".into());
-    let out = PathBuf::from(get("--out").unwrap_or_else(|| "docs".into()));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut all = serde_json::Map::new();
-    let mut md = String::new();
     for name in models.split(',') {
         let config = match name {
             "125m" => OptConfig::opt_125m(),
@@ -141,15 +157,61 @@ fn main() {
             rows.push(row);
         }
         bar.finish_and_clear();
+        all.insert(
+            name.to_string(),
+            json!({
+                "settings": {"batch": settings.batch, "seq": settings.seq, "timed_steps": settings.steps, "reps": settings.reps},
+                "rows": rows,
+            }),
+        );
+    }
+    let meta = json!({
+        "command": std::env::args().skip(1).collect::<Vec<_>>(),
+        "quick": quick,
+        "vs_pytorch": torch.is_some(),
+        "backend": backend_label(&format!("{:?}", Device::default())),
+        "threads": threads,
+        "models": all,
+    });
+    let _ = std::fs::create_dir_all(out.join("method_comparison"));
+    let results = out.join("method_comparison").join("results.json");
+    if let Err(e) = std::fs::write(
+        &results,
+        serde_json::to_string_pretty(&meta).unwrap_or_default(),
+    ) {
+        fail(format!("cannot write {}: {e}", results.display()));
+    }
+    publish(&meta, &out);
+    eprintln!("guide: wrote {}", results.display());
+}
+
+/// Prints the tables and writes the charts, the guide's measured section and the method pages
+/// from a run's figures (`results.json`'s content).
+fn publish(meta: &Value, out: &Path) {
+    let quick = meta["quick"].as_bool().unwrap_or(false);
+    let threads = meta["threads"].as_u64().unwrap_or(1);
+    let backend = backend_label(meta["backend"].as_str().unwrap_or("?"));
+    let empty = serde_json::Map::new();
+    let models = meta["models"].as_object().unwrap_or(&empty);
+    let torch = models.values().any(|m| {
+        m["rows"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r.get("pytorch").is_some()))
+    });
+    let _ = std::fs::create_dir_all(out.join("method_comparison"));
+    let mut md = String::new();
+    for (name, model) in models {
+        let rows = model["rows"].as_array().cloned().unwrap_or_default();
+        let st = &model["settings"];
         let heading = format!(
             "OPT-{name} (random weights), batch {} × seq {}, {} timed steps, {} inference repetitions",
-            settings.batch, settings.seq, settings.steps, settings.reps
+            st["batch"], st["seq"], st["timed_steps"], st["reps"]
         );
         let table = report::table(&rows);
         let targets = report::targets(&rows);
         println!("\n{heading}\n{table}\n{targets}");
         let mut section = format!("### OPT-{name}\n\n{heading}.\n\n{table}\n");
-        if torch.is_some() {
+        if torch {
             let vs = report::pytorch_table(&rows);
             println!("{vs}");
             section.push_str(&format!(
@@ -159,7 +221,6 @@ fn main() {
         section.push_str(&format!(
             "The targets of issue #6 on this model:\n\n{targets}\n"
         ));
-        let _ = std::fs::create_dir_all(out.join("method_comparison"));
         for (key, scale, unit, title, file) in [
             ("step_s", 1e3, "ms", "train step (lower is better)", "step"),
             (
@@ -171,64 +232,37 @@ fn main() {
             ),
         ] {
             let svg = report::bar_chart(&format!("OPT-{name}: {title}"), &rows, key, scale, unit);
-            let _ = std::fs::write(
-                out.join("method_comparison")
-                    .join(format!("opt-{name}-{file}.svg")),
-                svg,
-            );
+            let path = out
+                .join("method_comparison")
+                .join(format!("opt-{name}-{file}.svg"));
+            if let Err(e) = std::fs::write(&path, svg) {
+                fail(format!("cannot write {}: {e}", path.display()));
+            }
             section.push_str(&format!(
                 "![OPT-{name} {file}](method_comparison/opt-{name}-{file}.svg)\n"
             ));
         }
         md.push_str(&section);
         md.push('\n');
-        all.insert(
-            name.to_string(),
-            json!({
-                "settings": {"batch": settings.batch, "seq": settings.seq, "timed_steps": settings.steps, "reps": settings.reps},
-                "rows": rows,
-            }),
-        );
-    }
-    let backend = format!("{:?}", Device::default());
-    let meta = json!({
-        "command": std::env::args().skip(1).collect::<Vec<_>>(),
-        "quick": quick,
-        "backend": backend,
-        "threads": threads,
-        "models": all,
-    });
-    let results = out.join("method_comparison").join("results.json");
-    if let Err(e) = std::fs::write(
-        &results,
-        serde_json::to_string_pretty(&meta).unwrap_or_default(),
-    ) {
-        fail(format!("cannot write {}: {e}", results.display()));
     }
     let header = format!(
         "Measured by `cargo xtask bench{}{}` on backend {backend} with {threads} threads: OPT architectures with random weights, AdamW steps after one warm-up, medians. Ratios are within one run; the machine is shared and noisy.\n\n",
         if quick { " --quick" } else { "" },
-        if torch.is_some() { " --vs-pytorch" } else { "" },
+        if torch { " --vs-pytorch" } else { "" },
     );
-    let generated = format!("{header}{md}");
     let guide = out.join("method_comparison.md");
-    report::splice_file(&guide, "guide", &generated);
-    let data = Value::Object(all);
+    report::splice_file(&guide, "guide", &format!("{header}{md}"));
     for (page, method_keys) in [
         ("lora", &["frozen", "lora-qv", "lora-all", "burn-lora"][..]),
-        ("lora_fa", &["lora-qv", "lorafa-qv"][..]),
-        ("bone", &["lora-qv", "bone", "bone-bat"][..]),
+        ("lora_fa", &["frozen", "lora-qv", "lorafa-qv"][..]),
+        ("bone", &["frozen", "lora-qv", "bone", "bone-bat"][..]),
     ] {
         let path = out.join("method_comparison").join(format!("{page}.md"));
         report::splice_file(
             &path,
             "guide",
-            &report::method_section(&header, &data, method_keys, torch.is_some()),
+            &report::method_section(&header, &meta["models"], method_keys, torch),
         );
     }
-    eprintln!(
-        "guide: wrote {}, {} and the method pages",
-        guide.display(),
-        results.display()
-    );
+    eprintln!("guide: wrote {} and the method pages", guide.display());
 }

@@ -164,6 +164,17 @@ fn verify(python: &str) -> Result<(), String> {
         .arg(&models))
 }
 
+/// Benchmarks build with the test features (one build for everything), which compile several
+/// backends in; their default is flex (burn's pure-Rust CPU backend), as on a machine built with
+/// default features, unless `BURN_DEVICE` says otherwise.
+fn default_flex(cmd: &mut Command) -> &mut Command {
+    let chosen = cmd.get_envs().any(|(k, _)| k == "BURN_DEVICE");
+    if !chosen && std::env::var_os("BURN_DEVICE").is_none() {
+        cmd.env("BURN_DEVICE", "flex");
+    }
+    cmd
+}
+
 /// Builds and runs the method-comparison guide (`benches/guide`) in release mode.
 fn guide(args: &[String]) -> Result<(), String> {
     let mut rest = Vec::new();
@@ -189,18 +200,10 @@ fn guide(args: &[String]) -> Result<(), String> {
     .arg(TEST_FEATURES)
     .arg("--")
     .args(&rest);
-    // The test features compile several backends in; the guide's default is flex (burn's
-    // pure-Rust CPU backend), as on a machine built with default features.
-    match backend {
-        Some(b) => {
-            cmd.env("BURN_DEVICE", b);
-        }
-        None if std::env::var_os("BURN_DEVICE").is_none() => {
-            cmd.env("BURN_DEVICE", "flex");
-        }
-        None => {}
+    if let Some(b) = backend {
+        cmd.env("BURN_DEVICE", b);
     }
-    run(&mut cmd)
+    run(default_flex(&mut cmd))
 }
 
 fn main() -> ExitCode {
@@ -220,7 +223,12 @@ fn main() -> ExitCode {
             .env("DOCS_RS", "1")),
         Some("fixtures") => fixtures(&args[1..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("criterion") => {
-            run(cargo().args(["bench", "-p", "peft-benches", "--benches", "--"]).args(&args[2..]))
+            let mut cmd = cargo();
+            cmd.args(["bench", "-p", "peft-benches", "--bench", "layer", "--features"])
+                .arg(TEST_FEATURES)
+                .arg("--")
+                .args(&args[2..]);
+            run(default_flex(&mut cmd))
         }
         Some("bench") => guide(&args[1..]),
         _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify] | bench [--quick] [--models M] [--methods K] [--backend B] [--vs-pytorch [--python PY]] | bench criterion [args]>".into()),
