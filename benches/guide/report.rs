@@ -41,7 +41,7 @@ pub fn table(rows: &[Value]) -> String {
         }
         let _ = writeln!(
             t,
-            "| {method} | {} | {:.3} | {} | {} | {:.0} | {:.2}× | {:.2}× | {} | {} → {} | {} → {} |",
+            "| {method} | {} | {:.3} | {} | {} | {:.0} | {:.2}× | {:.2}× | {} ({}) | {} → {} | {} → {} |",
             thousands(r["trainable_params"].as_u64().unwrap_or(0)),
             f(r, "trainable_percent"),
             mib(f(r, "file_bytes")),
@@ -49,11 +49,8 @@ pub fn table(rows: &[Value]) -> String {
             f(r, "tokens_per_s"),
             f(r, "step_s") / frozen,
             f(r, "step_s") / lora,
-            format!(
-                "{} ({})",
-                mib(f(r, "peak_heap_bytes")),
-                mib(f(r, "peak_step_bytes"))
-            ),
+            mib(f(r, "peak_heap_bytes")),
+            mib(f(r, "peak_step_bytes")),
             ms(f(r, "prompt_unmerged_s")),
             ms(f(r, "prompt_merged_s")),
             ms(f(r, "token_unmerged_s")),
