@@ -1,7 +1,7 @@
 //! One adapted Linear layer (d = 1024, 2048 tokens, r = 16), forward and forward+backward:
 //! the frozen base layer, peft-rs's factored LoRA and LoRA-FA (A frozen), Bone/MiSS (r = 64,
-//! default and bat), and burn's built-in `apply_lora` (weight space). Merged adapters cost exactly
-//! the base layer.
+//! default and bat), and burn's built-in `apply_lora` (weight space); and merging each adapter
+//! into the base weight. Merged adapters cost exactly the base layer.
 //!
 //! Run: `cargo xtask bench criterion layer` (the default backend; `BURN_DEVICE` picks another).
 
@@ -164,6 +164,46 @@ fn bench_layer(c: &mut Criterion) {
         "train_step/burn_apply_lora",
         device,
         burn_lora.layer.forward(xg.clone()).sum().backward()
+    );
+    // Merge on plain tensors: LoRA composes `W + s·A·B`; Bone default adds the tiled block; bat
+    // composes `W + W·B` per tile. (Each iteration also clones the adapted model: cheap handles.)
+    let lora_plain = LoraModel::inject(
+        Factored {
+            layer: LinearConfig::new(D, D).init_factored(&plain),
+        },
+        &config,
+        &InjectOptions::default(),
+    )
+    .expect("inject");
+    bench!(
+        "merge/peft_lora",
+        plain,
+        lora_plain.clone().merge_and_unload()
+    );
+    let bone_plain = |mode| {
+        let config = BoneConfig::new(TargetModules::names(["layer"]))
+            .with_r(64)
+            .with_mode(mode)
+            .with_random_init(true);
+        BoneModel::inject(
+            Factored {
+                layer: LinearConfig::new(D, D).init_factored(&plain),
+            },
+            &config,
+            &KeyMap::identity(),
+        )
+        .expect("inject")
+    };
+    let (bone_default_p, bone_bat_p) = (bone_plain(BoneMode::Default), bone_plain(BoneMode::Bat));
+    bench!(
+        "merge/peft_bone_default_r64",
+        plain,
+        bone_default_p.clone().merge_and_unload()
+    );
+    bench!(
+        "merge/peft_bone_bat_r64",
+        plain,
+        bone_bat_p.clone().merge_and_unload()
     );
     group.finish();
 }
