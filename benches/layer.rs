@@ -39,44 +39,38 @@ fn bench_layer(c: &mut Criterion) {
     let config = LoraConfig::new(TargetModules::names(["layer"]))
         .with_r(R)
         .with_alpha(R as f64);
-    let factored = LoraModel::inject(
-        Factored {
-            layer: LinearConfig::new(D, D).init_factored(&device),
-        },
-        &config,
-        &InjectOptions::default(),
-    )
-    .expect("inject")
-    .model;
-    // LoRA-FA: the same adapter with A frozen.
-    let lorafa = peft_lorafa::freeze_a(
+    let lora = |device: &Device| {
         LoraModel::inject(
             Factored {
-                layer: LinearConfig::new(D, D).init_factored(&device),
+                layer: LinearConfig::new(D, D).init_factored(device),
             },
             &config,
             &InjectOptions::default(),
         )
-        .expect("inject"),
-    )
-    .model;
+        .expect("inject")
+    };
+    let factored = lora(&device).model;
+    // LoRA-FA: the same adapter with A frozen.
+    let lorafa = peft_lorafa::freeze_a(lora(&device)).model;
     // Bone/MiSS at r = 64 (PEFT's default), default and bat modes.
-    let bone = |mode| {
+    let bone = |mode, device: &Device| {
         let config = BoneConfig::new(TargetModules::names(["layer"]))
             .with_r(64)
             .with_mode(mode)
             .with_random_init(true);
         BoneModel::inject(
             Factored {
-                layer: LinearConfig::new(D, D).init_factored(&device),
+                layer: LinearConfig::new(D, D).init_factored(device),
             },
             &config,
             &KeyMap::identity(),
         )
         .expect("inject")
-        .model
     };
-    let (bone_default, bone_bat) = (bone(BoneMode::Default), bone(BoneMode::Bat));
+    let (bone_default, bone_bat) = (
+        bone(BoneMode::Default, &device).model,
+        bone(BoneMode::Bat, &device).model,
+    );
     let burn_lora = Dense {
         layer: LinearConfig::new(D, D).init(&device),
     }
@@ -167,34 +161,14 @@ fn bench_layer(c: &mut Criterion) {
     );
     // Merge on plain tensors: LoRA composes `W + s·A·B`; Bone default adds the tiled block; bat
     // composes `W + W·B` per tile. (Each iteration also clones the adapted model: cheap handles.)
-    let lora_plain = LoraModel::inject(
-        Factored {
-            layer: LinearConfig::new(D, D).init_factored(&plain),
-        },
-        &config,
-        &InjectOptions::default(),
-    )
-    .expect("inject");
+    let lora_plain = lora(&plain);
     bench!(
         "merge/peft_lora",
         plain,
         lora_plain.clone().merge_and_unload()
     );
-    let bone_plain = |mode| {
-        let config = BoneConfig::new(TargetModules::names(["layer"]))
-            .with_r(64)
-            .with_mode(mode)
-            .with_random_init(true);
-        BoneModel::inject(
-            Factored {
-                layer: LinearConfig::new(D, D).init_factored(&plain),
-            },
-            &config,
-            &KeyMap::identity(),
-        )
-        .expect("inject")
-    };
-    let (bone_default_p, bone_bat_p) = (bone_plain(BoneMode::Default), bone_plain(BoneMode::Bat));
+    let (bone_default_p, bone_bat_p) =
+        (bone(BoneMode::Default, &plain), bone(BoneMode::Bat, &plain));
     bench!(
         "merge/peft_bone_default_r64",
         plain,
