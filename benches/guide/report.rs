@@ -237,3 +237,48 @@ pub fn splice_file(path: &Path, marker: &str, generated: &str) {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn splice_replaces_between_markers_and_appends_when_absent() {
+        let doc = "a\n<!-- guide:start -->\nold\n<!-- guide:end -->\nb\n";
+        assert_eq!(
+            splice(doc, "guide", "new"),
+            "a\n<!-- guide:start -->\nnew\n<!-- guide:end -->\nb\n"
+        );
+        assert_eq!(
+            splice("text\n", "guide", "x"),
+            "text\n\n<!-- guide:start -->\nx\n<!-- guide:end -->\n"
+        );
+    }
+
+    #[test]
+    fn targets_compare_rows_and_skip_missing_ones() {
+        let rows = vec![
+            json!({"key": "frozen", "step_s": 1.0}),
+            json!({"key": "lora-qv", "step_s": 1.2, "peak_heap_bytes": 10.0}),
+            json!({"key": "lorafa-qv", "peak_heap_bytes": 9.0}),
+            json!({"key": "full", "skipped": "too big"}),
+        ];
+        let t = targets(&rows);
+        assert!(
+            t.contains("| LoRA q,v step / frozen-base step ≤ 1.10 | 1.200 | no |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| LoRA-FA peak step heap / LoRA's < 1 | 0.900 | yes |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| Bone default step / LoRA q,v step ≤ 1.10 | — | not measured |"),
+            "{t}"
+        );
+        let table = table(&rows);
+        assert!(table.contains("| ? | skipped: too big |"), "{table}");
+        assert!(table.contains("| 1.20× | 1.00× |"), "{table}");
+    }
+}
