@@ -39,9 +39,11 @@ pub mod error;
 pub mod inject;
 pub mod io;
 pub mod layer;
+pub mod method;
 pub mod model;
 
 pub use config::{BoneConfig, BoneFormat, BoneMode};
 pub use error::{BoneError, Result};
 pub use layer::BoneAdapter;
+pub use method::Bone;
 pub use model::{BoneModel, MergedBoneModel};

@@ -182,7 +182,7 @@ fn right_solve(y: &[f64], b: &[f64], r: usize) -> Option<Vec<f64>> {
 
 /// Bat unmerge on a burn-layout weight `[d_in, d_out]`: per tile `W = (W' − B)·(I + B)⁻¹`
 /// (PyTorch layout).
-fn bat_unmerge(
+pub(crate) fn bat_unmerge(
     w: &[f32],
     d_in: usize,
     d_out: usize,

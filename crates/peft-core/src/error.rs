@@ -82,6 +82,9 @@ pub enum PeftError {
         /// The shape found.
         found: Vec<usize>,
     },
+    /// A method crate's own error, passed through the registry ([`crate::method`]).
+    #[error(transparent)]
+    Method(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Result alias for `peft-core`.

@@ -156,8 +156,10 @@ impl InjectionPlan {
 pub trait AdapterFactory {
     /// The reparameterization attached to each target's weight.
     type Adapter: Reparameterization + FactoredAdapter;
-    /// Creates the adapter for `target` on `device`. Inputs were validated beforehand.
-    fn create(&mut self, target: &Target, device: &Device) -> Self::Adapter;
+    /// Creates the adapter for `target` on `device`; `weight` is the target's base weight
+    /// (`[d_in, d_out]` or `[num, dim]`), for methods whose initial state depends on it (DoRA's
+    /// magnitude). Inputs were validated beforehand.
+    fn create(&mut self, target: &Target, weight: Tensor<2>, device: &Device) -> Self::Adapter;
 }
 
 struct Injector<'a, F> {
@@ -178,7 +180,9 @@ impl<F: AdapterFactory> Reparameterizer for Injector<'_, F> {
         let param = param.set_require_grad(trainable);
         match self.targets.get(path) {
             Some(target) if D == 2 => {
-                let adapter = self.factory.create(target, &param.lazy_device());
+                let [d0, d1] = target.weight_shape;
+                let weight = param.val().detach().reshape([d0, d1]);
+                let adapter = self.factory.create(target, weight, &param.lazy_device());
                 (param, Some(adapter))
             }
             _ => (param, None),

@@ -14,6 +14,7 @@ pub mod inject;
 pub mod inventory;
 pub mod io;
 pub mod keymap;
+pub mod method;
 pub mod nn;
 pub mod params;
 pub mod switch;
@@ -23,6 +24,7 @@ pub use error::{PeftError, Result};
 pub use inject::{AdapterFactory, InjectionPlan, ResolveOptions, Target, inject};
 pub use inventory::{Inventory, LayerEntry, LayerKind};
 pub use keymap::{KeyMap, PEFT_PREFIX};
+pub use method::{Adapted, AttachMethod, AttachOptions, Method};
 pub use params::ParamCounts;
 pub use switch::AdapterSwitch;
 pub use targets::{

@@ -32,6 +32,8 @@ pub struct LoraConfig {
     pub lora_dropout: f64,
     /// Scale by `alpha/sqrt(r)` instead of `alpha/r` (`use_rslora`).
     pub use_rslora: bool,
+    /// DoRA: a trainable magnitude per output rescales the updated weight (`use_dora`).
+    pub use_dora: bool,
     /// Initialisation (`init_lora_weights`).
     pub init_lora_weights: LoraInit,
     /// `target_modules`, `exclude_modules`, `layers_to_transform`, `layers_pattern`, `modules_to_save`.
@@ -55,6 +57,7 @@ impl Default for LoraConfig {
             lora_alpha: 8.0,
             lora_dropout: 0.0,
             use_rslora: false,
+            use_dora: false,
             init_lora_weights: LoraInit::Default,
             targets: TargetSpec::default(),
             rank_pattern: Vec::new(),
@@ -68,7 +71,6 @@ impl Default for LoraConfig {
 
 /// Fields that change the math and are not implemented, with the value that is accepted.
 const REJECTED: &[(&str, &str)] = &[
-    ("use_dora", "DoRA is not implemented"),
     ("lora_bias", "a trainable bias on lora_B is not implemented"),
     (
         "fan_in_fan_out",
@@ -123,6 +125,12 @@ impl LoraConfig {
     /// Sets `use_rslora`.
     pub fn with_rslora(mut self, on: bool) -> Self {
         self.use_rslora = on;
+        self
+    }
+
+    /// Sets `use_dora` (DoRA).
+    pub fn with_dora(mut self, on: bool) -> Self {
+        self.use_dora = on;
         self
     }
 
@@ -258,6 +266,7 @@ impl LoraConfig {
             lora_alpha: cfg::get(map, "lora_alpha")?.unwrap_or(8.0),
             lora_dropout: cfg::get(map, "lora_dropout")?.unwrap_or(0.0),
             use_rslora: cfg::get(map, "use_rslora")?.unwrap_or(false),
+            use_dora: cfg::get(map, "use_dora")?.unwrap_or(false),
             init_lora_weights: init,
             targets: cfg::read_target_spec(map)?,
             rank_pattern: rank_pattern
@@ -301,6 +310,7 @@ impl LoraConfig {
         set(&mut map, "lora_alpha", cfg::number(self.lora_alpha));
         set(&mut map, "lora_dropout", Value::from(self.lora_dropout));
         set(&mut map, "use_rslora", self.use_rslora.into());
+        set(&mut map, "use_dora", self.use_dora.into());
         set(
             &mut map,
             "init_lora_weights",
@@ -380,7 +390,6 @@ mod tests {
     #[test]
     fn rejects_math_changing_fields_by_name() {
         for (field, value) in [
-            ("use_dora", serde_json::json!(true)),
             ("lora_bias", serde_json::json!(true)),
             ("init_lora_weights", serde_json::json!("pissa")),
             ("init_lora_weights", serde_json::json!("olora")),

@@ -66,12 +66,24 @@ impl InjectOptions {
     }
 }
 
-/// Factor values (burn layout) to start from instead of a fresh initialisation, by burn path.
-pub(crate) type InitialFactors = HashMap<String, (TensorData, TensorData)>;
+/// One target's adapter values on the host, burn layout.
+#[derive(Debug, Clone)]
+pub(crate) struct Factors {
+    /// `A` `[d_in, r]`.
+    pub a: TensorData,
+    /// `B` `[r, d_out]`.
+    pub b: TensorData,
+    /// DoRA's magnitude `[d_out]`.
+    pub magnitude: Option<TensorData>,
+}
+
+/// Values to start from instead of a fresh initialisation, by burn path.
+pub(crate) type InitialFactors = HashMap<String, Factors>;
 
 struct LoraFactory<'a> {
     init: LoraInit,
     dropout: f64,
+    dora: bool,
     per_target: HashMap<&'a str, &'a LoraTarget>,
     initial: InitialFactors,
     switch: AdapterSwitch,
@@ -80,26 +92,43 @@ struct LoraFactory<'a> {
 impl AdapterFactory for LoraFactory<'_> {
     type Adapter = LoraAdapter;
 
-    fn create(&mut self, target: &Target, device: &Device) -> LoraAdapter {
+    fn create(&mut self, target: &Target, weight: Tensor<2>, device: &Device) -> LoraAdapter {
         let t = self.per_target[target.path.as_str()];
         let [d_in, d_out] = target.weight_shape;
         let r = t.r;
-        let (a, b) = match self.initial.remove(&target.path) {
-            Some((a, b)) => (Tensor::from_data(a, device), Tensor::from_data(b, device)),
-            None => init_factors(self.init, target.kind, d_in, d_out, r, device),
+        let (a, b, magnitude) = match self.initial.remove(&target.path) {
+            Some(f) => (
+                Tensor::from_data(f.a, device),
+                Tensor::from_data(f.b, device),
+                f.magnitude.map(|m| Tensor::<1>::from_data(m, device)),
+            ),
+            None => {
+                let (a, b) = init_factors(self.init, target.kind, d_in, d_out, r, device);
+                (a, b, None)
+            }
         };
+        // DoRA starts from m = ‖W + s·A·B‖ (PEFT's `DoraLinearLayer.update_layer`).
+        let magnitude = self.dora.then(|| {
+            magnitude.unwrap_or_else(|| {
+                crate::dora::column_norm(&weight.to_device(device), a.clone(), b.clone(), t.scaling)
+            })
+        });
         let dropout = if target.kind == LayerKind::Embedding {
             0.0
         } else {
             self.dropout
         };
-        LoraAdapter::new(
+        let adapter = LoraAdapter::new(
             Param::from_tensor(a),
             Param::from_tensor(b),
             t.scaling,
             dropout,
             self.switch.clone(),
-        )
+        );
+        match magnitude {
+            Some(m) => adapter.with_magnitude(Param::from_tensor(m)),
+            None => adapter,
+        }
     }
 }
 
@@ -217,6 +246,7 @@ impl<M: Module> LoraModel<M> {
         let factory = LoraFactory {
             init: config.init_lora_weights,
             dropout: config.lora_dropout,
+            dora: config.use_dora,
             per_target: targets
                 .iter()
                 .map(|t| (t.target.path.as_str(), t))

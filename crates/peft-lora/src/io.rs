@@ -13,7 +13,7 @@ use peft_core::{Inventory, LayerKind, PEFT_PREFIX, PeftError};
 
 use crate::config::LoraConfig;
 use crate::error::Result;
-use crate::inject::{InitialFactors, InjectOptions};
+use crate::inject::{Factors, InitialFactors, InjectOptions};
 use crate::model::{LoraModel, LoraTarget};
 
 /// The file keys of a target's A and B (PEFT's naming).
@@ -29,6 +29,12 @@ pub fn tensor_keys(t: &LoraTarget) -> (String, String) {
             format!("{base}.lora_embedding_B"),
         ),
     }
+}
+
+/// The file key of a target's DoRA magnitude (`[out]` for Linear, `[embedding_dim]` for
+/// Embedding): PEFT saves `lora_magnitude_vector.<adapter>.weight` without `.<adapter>.weight`.
+pub fn magnitude_key(t: &LoraTarget) -> String {
+    format!("{PEFT_PREFIX}{}.lora_magnitude_vector", t.target.name)
 }
 
 /// Module names whose base weight PEFT saves next to the adapter when they are targeted
@@ -66,11 +72,14 @@ impl<M: Module> LoraModel<M> {
         let mut factors = self.factors();
         for t in self.targets() {
             let (ka, kb) = tensor_keys(t);
-            let (a, b) = factors
+            let f = factors
                 .remove(&t.target.path)
                 .ok_or_else(|| PeftError::UnknownModule(t.a_path()))?;
-            out.insert(ka, transpose(&a)?);
-            out.insert(kb, transpose(&b)?);
+            out.insert(ka, transpose(&f.a)?);
+            out.insert(kb, transpose(&f.b)?);
+            if let Some(m) = f.magnitude {
+                out.insert(magnitude_key(t), m);
+            }
         }
         let save_base = self.options().save_embedding_layers;
         let base_weights = read_params(&self.model, |p| {
@@ -166,8 +175,31 @@ impl<M: Module> LoraModel<M> {
             };
             let a = take(&ka, [t.r, d_in]);
             let b = take(&kb, [d_out, t.r]);
+            let magnitude = match config.use_dora {
+                true => match tensors.remove(&magnitude_key(t)) {
+                    None => {
+                        missing.push(magnitude_key(t));
+                        None
+                    }
+                    Some(m) if m.shape().as_slice() != [d_out] => {
+                        misshaped.push(format!(
+                            "{}: file {:?}, model expects [{d_out}]",
+                            magnitude_key(t),
+                            m.shape().as_slice()
+                        ));
+                        None
+                    }
+                    Some(m) => Some(m.convert::<f32>()),
+                },
+                false => None,
+            };
             if let (Some(a), Some(b)) = (a, b) {
-                initial.insert(t.target.path.clone(), (transpose(&a)?, transpose(&b)?));
+                let f = Factors {
+                    a: transpose(&a)?,
+                    b: transpose(&b)?,
+                    magnitude,
+                };
+                initial.insert(t.target.path.clone(), f);
             }
         }
         let mut saved = BTreeMap::new();

@@ -6,6 +6,8 @@ use burn::tensor::{Int, Tensor, module::embedding};
 use peft_core::AdapterSwitch;
 use peft_core::nn::FactoredAdapter;
 
+use crate::dora::{column_norm, dense_column_norm};
+
 /// LoRA factors attached to a `Linear` or `Embedding` weight `W` `[d_in, d_out]`.
 ///
 /// Effective weight `W + s·A·B`. In burn layout `A` is `[d_in, r]` and `B` `[r, d_out]`; PEFT's
@@ -14,6 +16,9 @@ use peft_core::nn::FactoredAdapter;
 ///
 /// - Weight space (burn's layers, `Param::val`): `W + s·A·B` is composed; dropout cannot apply.
 /// - Factored ([`peft_core::nn`]): Linear adds `s·(dropout(x)·A)·B`; Embedding adds `s·A[ids]·B`.
+///
+/// With a `magnitude` (DoRA, [`crate::dora`]) the effective weight is
+/// `m · (W + s·A·B) / ‖W + s·A·B‖` per output column, the norm detached.
 #[derive(Module, Debug)]
 pub struct LoraAdapter {
     /// Down projection `[d_in, r]`.
@@ -24,6 +29,8 @@ pub struct LoraAdapter {
     pub scaling: f64,
     /// Dropout on the input of A (factored Linear only).
     pub dropout: Dropout,
+    /// DoRA's magnitude `[d_out]` (`lora_magnitude_vector`); `None` for plain LoRA.
+    pub magnitude: Option<Param<Tensor<1>>>,
     /// Shared on/off switch of the injection.
     #[module(skip)]
     pub switch: AdapterSwitch,
@@ -43,8 +50,27 @@ impl LoraAdapter {
             b,
             scaling,
             dropout: DropoutConfig::new(dropout).init(),
+            magnitude: None,
             switch,
         }
+    }
+
+    /// Makes this a DoRA adapter with magnitude `m` `[d_out]`.
+    pub fn with_magnitude(mut self, magnitude: Param<Tensor<1>>) -> Self {
+        self.magnitude = Some(magnitude);
+        self
+    }
+
+    /// DoRA's per-column scale `m / ‖W + s·A·B‖` `[d_out]` for base weight `weight`, the norm
+    /// detached; `None` for plain LoRA.
+    pub fn magnitude_scale(&self, weight: &Tensor<2>) -> Option<Tensor<1>> {
+        let m = self.magnitude.as_ref()?.val();
+        let norm = column_norm(weight, self.a.val(), self.b.val(), self.scaling);
+        Some(m / norm)
+    }
+
+    fn dropout_active(&self, x: &Tensor<2>) -> bool {
+        self.dropout.prob > 0.0 && self.dropout.training.is_enabled() && x.device().is_autodiff()
     }
 
     /// The rank.
@@ -66,14 +92,27 @@ impl Reparameterization for LoraAdapter {
             return base;
         }
         let delta = self.delta_weight().cast(base.dtype());
-        base.clone() + delta.reshape(base.shape())
+        let composed = base.clone() + delta.reshape(base.shape());
+        let Some(m) = &self.magnitude else {
+            return composed;
+        };
+        // DoRA: m · V / ‖V‖ per column, the norm detached.
+        let shape = composed.shape();
+        let dims = composed.dims();
+        let v: Tensor<2> = composed.reshape([dims[0], dims[1]]);
+        let scale = m.val().cast(v.dtype()) / dense_column_norm(&v.clone().detach());
+        (v * scale.unsqueeze::<2>()).reshape(shape)
     }
 }
 
 impl FactoredAdapter for LoraAdapter {
-    fn linear_delta(&self, x: Tensor<2>, _base: &Tensor<2>) -> Option<Tensor<2>> {
+    fn linear_delta(&self, x: Tensor<2>, base_weight: &Tensor<2>) -> Option<Tensor<2>> {
         if !self.switch.is_enabled() {
             return None;
+        }
+        if self.magnitude.is_some() {
+            let base = x.clone().matmul(base_weight.clone());
+            return Some(self.linear_output(x, base_weight, base.clone()) - base);
         }
         let x = self.dropout.forward(x);
         Some(
@@ -81,6 +120,57 @@ impl FactoredAdapter for LoraAdapter {
                 .mul_scalar(self.scaling)
                 .matmul(self.b.val()),
         )
+    }
+
+    /// DoRA (PEFT's `DoraLinearVariant.forward`): without active dropout
+    /// `scale ⊙ (x·W + s·x·A·B)`; with it, `x·W + (scale − 1) ⊙ (x̃·W) + scale ⊙ s·x̃·A·B` for the
+    /// dropped-out `x̃`, as PEFT recomputes the base product then.
+    fn linear_output(&self, x: Tensor<2>, base_weight: &Tensor<2>, base: Tensor<2>) -> Tensor<2> {
+        if !self.switch.is_enabled() {
+            return base;
+        }
+        let Some(scale) = self.magnitude_scale(base_weight) else {
+            return match self.linear_delta(x, base_weight) {
+                Some(delta) => base + delta,
+                None => base,
+            };
+        };
+        let scale = scale.unsqueeze::<2>();
+        if self.dropout_active(&x) {
+            let x = self.dropout.forward(x);
+            let lora = x
+                .clone()
+                .matmul(self.a.val())
+                .mul_scalar(self.scaling)
+                .matmul(self.b.val());
+            let dropped_base = x.matmul(base_weight.clone());
+            base + dropped_base * (scale.clone() - 1.0) + lora * scale
+        } else {
+            let lora = x
+                .matmul(self.a.val())
+                .mul_scalar(self.scaling)
+                .matmul(self.b.val());
+            (base + lora) * scale
+        }
+    }
+
+    fn embedding_output(
+        &self,
+        ids: Tensor<2, Int>,
+        base_weight: &Tensor<2>,
+        base: Tensor<3>,
+    ) -> Tensor<3> {
+        let scale = self
+            .switch
+            .is_enabled()
+            .then(|| self.magnitude_scale(base_weight))
+            .flatten();
+        let delta = self.embedding_delta(ids);
+        match (scale, delta) {
+            (Some(scale), Some(delta)) => (base + delta) * scale.unsqueeze::<3>(),
+            (_, Some(delta)) => base + delta,
+            (_, None) => base,
+        }
     }
 
     fn embedding_delta(&self, ids: Tensor<2, Int>) -> Option<Tensor<3>> {

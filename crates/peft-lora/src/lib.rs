@@ -36,14 +36,17 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
+pub mod dora;
 pub mod error;
 pub mod inject;
 pub mod io;
 pub mod layer;
+pub mod method;
 pub mod model;
 
 pub use config::{LoraConfig, LoraInit};
 pub use error::{LoraError, Result};
 pub use inject::InjectOptions;
 pub use layer::LoraAdapter;
+pub use method::Lora;
 pub use model::{LoraModel, LoraTarget, MergedLoraModel};

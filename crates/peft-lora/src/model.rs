@@ -3,13 +3,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use burn::module::Module;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use peft_core::io::{read_params, update_weights};
 use peft_core::{AdapterSwitch, Inventory, ParamCounts, Target};
 
 use crate::config::LoraConfig;
 use crate::error::Result;
-use crate::inject::{InitialFactors, InjectOptions};
+use crate::inject::{Factors, InitialFactors, InjectOptions};
 
 /// One adapted layer: where it is and its resolved rank, alpha and scaling.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +33,11 @@ impl LoraTarget {
     /// Path of the B factor (`[r, d_out]`) in the model.
     pub fn b_path(&self) -> String {
         format!("{}.weight.lora.b", self.target.path)
+    }
+
+    /// Path of DoRA's magnitude (`[d_out]`) in the model.
+    pub fn magnitude_path(&self) -> String {
+        format!("{}.weight.lora.magnitude", self.target.path)
     }
 
     /// Path of the base weight.
@@ -65,6 +70,8 @@ pub struct MergedLoraModel<M> {
     pub model: M,
     config: LoraConfig,
     factors: InitialFactors,
+    /// DoRA: `‖W + s·A·B‖` per column at merge time, by module path (unmerging needs it).
+    norms: HashMap<String, TensorData>,
     targets: Vec<LoraTarget>,
     options: InjectOptions,
 }
@@ -124,10 +131,14 @@ impl<M: Module> LoraModel<M> {
 
     /// Trainable and total parameters (PEFT's `get_nb_trainable_parameters`).
     pub fn param_counts(&self) -> ParamCounts {
+        let dora = usize::from(self.config.use_dora);
         let adapters: usize = self
             .targets
             .iter()
-            .map(|t| t.r * (t.target.weight_shape[0] + t.target.weight_shape[1]))
+            .map(|t| {
+                let [d_in, d_out] = t.target.weight_shape;
+                t.r * (d_in + d_out) + dora * d_out
+            })
             .sum();
         let saved: usize = Inventory::of(&self.model)
             .params
@@ -147,7 +158,8 @@ impl<M: Module> LoraModel<M> {
         ranks.sort_unstable();
         ranks.dedup();
         format!(
-            "LoRA on {} modules (r {:?}, rsLoRA {}) || {}",
+            "{} on {} modules (r {:?}, rsLoRA {}) || {}",
+            if self.config.use_dora { "DoRA" } else { "LoRA" },
             self.targets.len(),
             ranks,
             self.config.use_rslora,
@@ -159,30 +171,59 @@ impl<M: Module> LoraModel<M> {
         peft_core::inject::under_any(&self.modules_to_save, path) && !path.contains(".lora.")
     }
 
-    /// Host copies of every target's factors, burn layout, by burn module path.
+    /// Host copies of every target's factors (and DoRA magnitude), burn layout, by burn
+    /// module path.
     pub(crate) fn factors(&self) -> InitialFactors {
         let mut params = read_params(&self.model, |p| {
-            p.ends_with(".weight.lora.a") || p.ends_with(".weight.lora.b")
+            p.ends_with(".weight.lora.a")
+                || p.ends_with(".weight.lora.b")
+                || p.ends_with(".weight.lora.magnitude")
         });
         self.targets
             .iter()
             .filter_map(|t| {
                 let a = params.remove(&t.a_path())?;
                 let b = params.remove(&t.b_path())?;
-                Some((t.target.path.clone(), (a, b)))
+                let magnitude = params.remove(&t.magnitude_path());
+                Some((t.target.path.clone(), Factors { a, b, magnitude }))
             })
             .collect()
     }
 
-    /// Folds every adapter into its base weight (`W += s·A·B`) and removes the adapters; the
-    /// factors are kept so that [`MergedLoraModel::unmerge`] can restore the base.
+    /// DoRA: `‖W + s·A·B‖` per column of every target, by module path (empty for LoRA).
+    fn dora_norms(&self, factors: &InitialFactors) -> HashMap<String, TensorData> {
+        if !self.config.use_dora {
+            return HashMap::new();
+        }
+        let weights = read_params(&self.model, |p| {
+            self.targets.iter().any(|t| p == t.weight_path())
+        });
+        let device = Device::default();
+        self.targets
+            .iter()
+            .filter_map(|t| {
+                let f = factors.get(&t.target.path)?;
+                let w = Tensor::<2>::from_data(weights.get(&t.weight_path())?.clone(), &device);
+                let a = Tensor::<2>::from_data(f.a.clone(), &device);
+                let b = Tensor::<2>::from_data(f.b.clone(), &device);
+                let norm = crate::dora::column_norm(&w, a, b, t.scaling);
+                Some((t.target.path.clone(), norm.into_data()))
+            })
+            .collect()
+    }
+
+    /// Folds every adapter into its base weight (`W += s·A·B`; DoRA:
+    /// `W = m · (W + s·A·B) / ‖W + s·A·B‖`) and removes the adapters; the factors are kept so
+    /// that [`MergedLoraModel::unmerge`] can restore the base.
     pub fn merge(self) -> MergedLoraModel<M> {
         let factors = self.factors();
+        let norms = self.dora_norms(&factors);
         self.switch.set(true);
         MergedLoraModel {
             model: self.model.materialize(),
             config: self.config,
             factors,
+            norms,
             targets: self.targets,
             options: self.options,
         }
@@ -201,22 +242,32 @@ impl<M: Module> LoraModel<M> {
 }
 
 impl<M: Module> MergedLoraModel<M> {
-    /// Subtracts every adapter from its weight (`W = W' − s·A·B`) and attaches the adapters
-    /// again: the base weights come back within f32 rounding.
+    /// Subtracts every adapter from its weight (`W = W' − s·A·B`; DoRA:
+    /// `W = W' · ‖W + s·A·B‖ / m − s·A·B` with the norm kept at merge time, as PEFT caches it) and
+    /// attaches the adapters again: the base weights come back within f32 rounding.
     pub fn unmerge(self) -> Result<LoraModel<M>> {
         let mut updates: HashMap<String, Box<dyn FnOnce(Tensor<2>) -> Tensor<2>>> = HashMap::new();
         for t in &self.targets {
-            let Some((a, b)) = self.factors.get(&t.target.path).cloned() else {
+            let Some(f) = self.factors.get(&t.target.path).cloned() else {
                 continue;
             };
+            let norm = self.norms.get(&t.target.path).cloned();
             let s = t.scaling;
             updates.insert(
                 t.weight_path(),
                 Box::new(move |w: Tensor<2>| {
                     let device = w.device();
-                    let delta = Tensor::<2>::from_data(a, &device)
-                        .matmul(Tensor::<2>::from_data(b, &device))
+                    let delta = Tensor::<2>::from_data(f.a, &device)
+                        .matmul(Tensor::<2>::from_data(f.b, &device))
                         .mul_scalar(s);
+                    let w = match (f.magnitude, norm) {
+                        (Some(m), Some(n)) => {
+                            let factor = Tensor::<1>::from_data(m, &device)
+                                / Tensor::<1>::from_data(n, &device);
+                            w / factor.unsqueeze::<2>()
+                        }
+                        _ => w,
+                    };
                     w - delta
                 }),
             );
@@ -232,6 +283,9 @@ impl<M: Module> MergedLoraModel<M> {
 
     /// The factors kept for unmerging, burn layout, by module path.
     pub fn factors(&self) -> BTreeMap<String, (TensorData, TensorData)> {
-        self.factors.clone().into_iter().collect()
+        self.factors
+            .iter()
+            .map(|(k, f)| (k.clone(), (f.a.clone(), f.b.clone())))
+            .collect()
     }
 }

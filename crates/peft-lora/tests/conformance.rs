@@ -16,21 +16,6 @@ use peft_lora::{InjectOptions, LoraAdapter, LoraConfig, LoraInit, LoraModel};
 
 const TOL: f32 = 1e-5;
 
-#[derive(Module, Debug)]
-struct OneFactored {
-    layer: peft_core::nn::Linear,
-}
-
-#[derive(Module, Debug)]
-struct OneBurn {
-    layer: burn::nn::Linear,
-}
-
-#[derive(Module, Debug)]
-struct OneEmbedding {
-    layer: peft_core::nn::Embedding,
-}
-
 fn layer_config(case: &str) -> LoraConfig {
     let m = &meta()["layers"][case];
     LoraConfig::new(TargetModules::names(["layer"]))
@@ -153,21 +138,6 @@ macro_rules! check_linear_case {
     }};
 }
 
-fn factored(i: usize, o: usize, bias: bool, d: &burn::tensor::Device) -> OneFactored {
-    OneFactored {
-        layer: peft_core::nn::LinearConfig::new(i, o)
-            .with_bias(bias)
-            .init(d)
-            .into(),
-    }
-}
-
-fn burn_linear(i: usize, o: usize, bias: bool, d: &burn::tensor::Device) -> OneBurn {
-    OneBurn {
-        layer: burn::nn::LinearConfig::new(i, o).with_bias(bias).init(d),
-    }
-}
-
 #[test]
 fn factored_linear_matches_peft() {
     for case in ["linear_bias", "linear_nobias", "linear_rslora"] {
@@ -187,11 +157,7 @@ fn embedding_matches_peft() {
     let device = device();
     let f = read("layers/embedding.safetensors");
     let [num, dim] = [f["weight"].shape()[0], f["weight"].shape()[1]];
-    let base = OneEmbedding {
-        layer: burn::nn::EmbeddingConfig::new(num, dim)
-            .init(&device)
-            .into(),
-    };
+    let base = embedding(num, dim, &device);
     let lora = load_layer(base, &f, "embedding", true);
     let y = lora.model.layer.forward(ids(&f["ids"], &device));
     assert_close("embedding forward", y.clone().into_data(), &f["y"], TOL);

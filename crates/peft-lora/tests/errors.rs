@@ -169,7 +169,7 @@ fn malformed_json_and_safetensors() {
 #[test]
 fn unsupported_options_in_a_file_are_named() {
     for (field, value) in [
-        ("use_dora", "true"),
+        ("use_qalora", "true"),
         ("init_lora_weights", "\"pissa\""),
         ("lora_bias", "true"),
     ] {

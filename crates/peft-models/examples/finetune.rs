@@ -4,6 +4,7 @@
 //! cargo run --release -p peft-models --example finetune -- \
 //!     --model fixtures/models/opt_pre/checkpoint --out target/finetuned-adapter \
 //!     [--steps 40] [--lr 0.03] [--r 8] [--alpha 16] [--targets q_proj,v_proj] [--batch 8] [--seq 16]
+//!     [--dora true]
 //! ```
 //!
 //! The task is synthetic next-token prediction: each sequence counts upwards by one from a
@@ -43,6 +44,8 @@ pub struct Settings {
     pub seq: usize,
     /// Show a progress bar (otherwise one line per step).
     pub progress: bool,
+    /// Train DoRA adapters (`use_dora`) instead of plain LoRA.
+    pub dora: bool,
 }
 
 impl Settings {
@@ -59,6 +62,7 @@ impl Settings {
             batch: 8,
             seq: 16,
             progress: true,
+            dora: false,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -77,6 +81,11 @@ impl Settings {
                 "--batch" => s.batch = num(value)? as usize,
                 "--seq" => s.seq = num(value)? as usize,
                 "--targets" => s.targets = value.split(',').map(str::to_string).collect(),
+                "--dora" => {
+                    s.dora = value
+                        .parse()
+                        .map_err(|_| format!("--dora: `{value}` is not true or false"))?
+                }
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -109,7 +118,10 @@ fn batch(
 pub fn train<M: CausalLm>(model: M, s: &Settings) -> Result<(Vec<f32>, LoraModel<M>), String> {
     let device = model.devices().first().cloned().unwrap_or_default();
     let targets = TargetModules::names(s.targets.iter().map(String::as_str));
-    let config = LoraConfig::new(targets).with_r(s.r).with_alpha(s.alpha);
+    let config = LoraConfig::new(targets)
+        .with_r(s.r)
+        .with_alpha(s.alpha)
+        .with_dora(s.dora);
     let mut lora =
         LoraModel::inject(model, &config, &InjectOptions::default()).map_err(|e| e.to_string())?;
     println!("{}", lora.summary());

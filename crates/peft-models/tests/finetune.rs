@@ -12,7 +12,7 @@ use common::*;
 use peft_lora::{InjectOptions, LoraModel};
 use peft_models::{AnyCausalLm, CausalLm};
 
-fn check<M: CausalLm>(trained_on: M, fresh: M, name: &str) {
+fn check<M: CausalLm>(trained_on: M, fresh: M, name: &str, dora: bool) {
     let out = tempfile::tempdir().unwrap();
     let settings = finetune::Settings {
         model: models().join(name).join("checkpoint"),
@@ -37,6 +37,7 @@ fn check<M: CausalLm>(trained_on: M, fresh: M, name: &str) {
         batch: 8,
         seq: 12,
         progress: false,
+        dora,
     };
     let (losses, trained) = finetune::train(trained_on, &settings).unwrap();
     let first: f32 = losses[..5].iter().sum::<f32>() / 5.0;
@@ -56,11 +57,12 @@ fn check<M: CausalLm>(trained_on: M, fresh: M, name: &str) {
 
 #[test]
 fn finetuned_adapters_reload_with_identical_logits() {
-    for name in ["opt_pre", "llama"] {
+    // DoRA trains through the same loop: its magnitudes are saved and reloaded too.
+    for (name, dora) in [("opt_pre", false), ("llama", false), ("llama", true)] {
         let load = || AnyCausalLm::load(models().join(name).join("checkpoint"), &device()).unwrap();
         match (load(), load()) {
-            (AnyCausalLm::Opt(a), AnyCausalLm::Opt(b)) => check(a, b, name),
-            (AnyCausalLm::Llama(a), AnyCausalLm::Llama(b)) => check(a, b, name),
+            (AnyCausalLm::Opt(a), AnyCausalLm::Opt(b)) => check(a, b, name, dora),
+            (AnyCausalLm::Llama(a), AnyCausalLm::Llama(b)) => check(a, b, name, dora),
             _ => unreachable!(),
         }
     }

@@ -46,10 +46,8 @@ impl FactoredEmbedding {
         let Some(adapter) = factored_adapter(&self.weight) else {
             return embedding(self.weight.val(), input);
         };
-        let base = embedding(self.weight.base(), input.clone());
-        match adapter.embedding_delta(input) {
-            Some(delta) => base + delta,
-            None => base,
-        }
+        let weight = self.weight.base();
+        let base = embedding(weight.clone(), input.clone());
+        adapter.embedding_output(input, &weight, base)
     }
 }

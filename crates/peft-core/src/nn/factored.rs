@@ -21,10 +21,41 @@ pub trait FactoredAdapter: Send + Sync + 'static {
     /// - returns `[tokens, d_out]`, or `None` when the adapter is inactive (disabled).
     fn linear_delta(&self, x: Tensor<2>, base_weight: &Tensor<2>) -> Option<Tensor<2>>;
 
+    /// A Linear layer's output without its bias: `x·W` plus the adapter.
+    ///
+    /// - `x`: `[tokens, d_in]`; `base_weight`: `[d_in, d_out]`;
+    /// - `base`: `x·W` `[tokens, d_out]`, already computed by the layer;
+    /// - returns `[tokens, d_out]`.
+    ///
+    /// The default adds [`linear_delta`](Self::linear_delta). Methods that rescale the base
+    /// output (DoRA) override it to reuse `base` instead of multiplying by `W` again.
+    fn linear_output(&self, x: Tensor<2>, base_weight: &Tensor<2>, base: Tensor<2>) -> Tensor<2> {
+        match self.linear_delta(x, base_weight) {
+            Some(delta) => base + delta,
+            None => base,
+        }
+    }
+
     /// The adapter's contribution to an Embedding lookup.
     ///
     /// - `ids`: `[batch, seq]` token ids; returns `[batch, seq, d_model]`, or `None` when inactive.
     fn embedding_delta(&self, ids: Tensor<2, Int>) -> Option<Tensor<3>>;
+
+    /// An Embedding lookup with the adapter: `base` is `W[ids]` `[batch, seq, d_model]`.
+    ///
+    /// The default adds [`embedding_delta`](Self::embedding_delta); DoRA overrides it to rescale
+    /// `base` as well.
+    fn embedding_output(
+        &self,
+        ids: Tensor<2, Int>,
+        _base_weight: &Tensor<2>,
+        base: Tensor<3>,
+    ) -> Tensor<3> {
+        match self.embedding_delta(ids) {
+            Some(delta) => base + delta,
+            None => base,
+        }
+    }
 }
 
 type Probe = for<'a> fn(&'a Param<Tensor<2>>) -> Option<&'a dyn FactoredAdapter>;

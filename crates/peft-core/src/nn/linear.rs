@@ -71,10 +71,11 @@ impl FactoredLinear {
         let dims = input.dims();
         let tokens = dims[..D - 1].iter().product::<usize>();
         let x = input.reshape([tokens, d_in]);
-        let base = linear(x.clone(), weight.clone(), bias);
-        let y = match adapter.linear_delta(x, &weight) {
-            Some(delta) => base + delta,
-            None => base,
+        let base = x.clone().matmul(weight.clone());
+        let y = adapter.linear_output(x, &weight, base);
+        let y = match bias {
+            Some(b) => y + b.unsqueeze(),
+            None => y,
         };
         let mut out = dims;
         out[D - 1] = d_out;

@@ -143,3 +143,39 @@ pub fn assert_close_rel(what: &str, a: TensorData, b: &TensorData, rel: f32) {
         "{what}: max abs error {d} > {rel} x {scale}"
     );
 }
+
+/// One factored Linear at module path `layer` (PEFT fixtures wrap one layer the same way).
+#[derive(Module, Debug)]
+pub struct OneFactored {
+    pub layer: Linear,
+}
+
+/// One burn `Linear` (weight-space path) at module path `layer`.
+#[derive(Module, Debug)]
+pub struct OneBurn {
+    pub layer: burn::nn::Linear,
+}
+
+/// One factored Embedding at module path `layer`.
+#[derive(Module, Debug)]
+pub struct OneEmbedding {
+    pub layer: Embedding,
+}
+
+pub fn factored(i: usize, o: usize, bias: bool, d: &Device) -> OneFactored {
+    OneFactored {
+        layer: LinearConfig::new(i, o).with_bias(bias).init(d).into(),
+    }
+}
+
+pub fn burn_linear(i: usize, o: usize, bias: bool, d: &Device) -> OneBurn {
+    OneBurn {
+        layer: burn::nn::LinearConfig::new(i, o).with_bias(bias).init(d),
+    }
+}
+
+pub fn embedding(num: usize, dim: usize, d: &Device) -> OneEmbedding {
+    OneEmbedding {
+        layer: EmbeddingConfig::new(num, dim).init(d).into(),
+    }
+}

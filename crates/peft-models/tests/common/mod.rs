@@ -45,8 +45,8 @@ pub fn assert_close(what: &str, a: &TensorData, b: &TensorData, tol: f32) {
 
 /// The decoder fixtures: (name, adapter cases).
 pub const MODELS: &[(&str, &[&str])] = &[
-    ("opt_pre", &["qv", "all_linear_rslora"]),
+    ("opt_pre", &["qv", "all_linear_rslora", "dora_qv"]),
     ("opt_post", &["patterns", "embed"]),
-    ("llama", &["qv", "all_embed_saved"]),
+    ("llama", &["qv", "all_embed_saved", "dora_all_embed"]),
     ("llama_tied", &["qv"]),
 ];
