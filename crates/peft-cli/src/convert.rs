@@ -13,7 +13,15 @@ use crate::stream::{LazyFile, StreamWriter, pt_metadata};
 /// Converts the folder `input` into `to` (or, with `None`, into the other format) at `output`.
 /// Returns the format written. MiSS-only settings (`mini`, `miss_dropout > 0`) cannot become Bone.
 pub fn convert(input: &Path, output: &Path, to: Option<BoneFormat>) -> Result<BoneFormat> {
-    let mut config = BoneConfig::from_json(&read_config_json(input)?)?;
+    let json = read_config_json(input)?;
+    let peft_type = peft_core::method::peft_type(&json)?;
+    if !matches!(peft_type, "BONE" | "MISS") {
+        return Err(CliError::Unsupported(format!(
+            "`{}` holds a {peft_type} adapter; convert turns BONE folders into MISS and back, other methods have one format",
+            input.display()
+        )));
+    }
+    let mut config = BoneConfig::from_json(&json)?;
     let from = config.format;
     let to = to.unwrap_or(match from {
         BoneFormat::Bone => BoneFormat::Miss,
@@ -21,7 +29,7 @@ pub fn convert(input: &Path, output: &Path, to: Option<BoneFormat>) -> Result<Bo
     });
     config.format = to;
     config.validate()?;
-    let mut file = LazyFile::open(&input.join(WEIGHTS_NAME))?;
+    let file = LazyFile::open(&input.join(WEIGHTS_NAME))?;
     let (old, new) = (
         format!(".{}", from.block_key()),
         format!(".{}", to.block_key()),
@@ -44,8 +52,7 @@ pub fn convert(input: &Path, output: &Path, to: Option<BoneFormat>) -> Result<Bo
     let metadata = file.metadata.clone().unwrap_or_else(pt_metadata);
     let mut writer = StreamWriter::create(&output.join(WEIGHTS_NAME), &declared, Some(&metadata))?;
     for (old_name, new_name, _) in &renamed {
-        let bytes = file.read_raw(old_name)?;
-        writer.write(new_name, &bytes)?;
+        writer.write(new_name, file.raw(old_name)?)?;
     }
     writer.finish()?;
     write_atomic(

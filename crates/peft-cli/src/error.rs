@@ -3,24 +3,18 @@
 use std::path::PathBuf;
 
 use peft_core::PeftError;
-use peft_lora::LoraError;
 use peft_models::ModelError;
 
 /// Everything a command can fail on.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// Wrong arguments.
-    #[error("{0} (run `peft help`)")]
+    #[error("{0}")]
     Usage(String),
-    /// A file or config problem reported by `peft-core`.
+    /// A file, config or adapter problem reported by `peft-core` or a method crate (through the
+    /// registry).
     #[error(transparent)]
     Core(#[from] PeftError),
-    /// A LoRA config or adapter problem.
-    #[error(transparent)]
-    Lora(#[from] LoraError),
-    /// A Bone/MiSS config or adapter problem.
-    #[error(transparent)]
-    Bone(#[from] peft_bone::BoneError),
     /// A checkpoint or model problem.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -38,6 +32,12 @@ pub enum CliError {
     /// The adapter's method has no implementation here.
     #[error("unsupported adapter: {0}")]
     Unsupported(String),
+}
+
+impl From<peft_bone::BoneError> for CliError {
+    fn from(e: peft_bone::BoneError) -> Self {
+        Self::Core(e.into())
+    }
 }
 
 impl CliError {

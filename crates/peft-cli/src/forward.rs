@@ -1,14 +1,16 @@
-//! `peft forward`: logits of an OPT or Llama checkpoint, optionally with a LoRA adapter,
-//! unmerged or merged.
+//! `peft forward`: logits of an OPT or Llama checkpoint, optionally with an adapter of any
+//! registered method, unmerged or merged.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor};
-use peft_lora::{InjectOptions, LoraModel};
+use peft_core::io::read_config_json;
+use peft_core::method::AttachOptions;
 use peft_models::{AnyCausalLm, CausalLm, with_model};
 
 use crate::error::{CliError, Result};
+use crate::registry;
 use crate::stream::LazyFile;
 
 /// Reads `input_ids` (`I64` or `I32`, `[batch, seq]`) from a safetensors file.
@@ -35,7 +37,7 @@ pub fn read_input_ids(path: &Path) -> Result<burn::tensor::TensorData> {
         })
 }
 
-fn run<M: CausalLm>(
+fn run<M: CausalLm + 'static>(
     model: M,
     adapter: Option<&Path>,
     merge: bool,
@@ -44,11 +46,13 @@ fn run<M: CausalLm>(
     let Some(adapter) = adapter else {
         return Ok(model.forward(ids));
     };
-    let lora = LoraModel::load(model, adapter, &InjectOptions::default())?;
+    let config = read_config_json(adapter)?;
+    let method = registry::attach_method::<M>(&config)?;
+    let adapted = method.load(model, adapter, &AttachOptions::default())?;
     Ok(if merge {
-        lora.merge_and_unload().forward(ids)
+        adapted.merge_and_unload()?.forward(ids)
     } else {
-        lora.model.forward(ids)
+        adapted.model().forward(ids)
     })
 }
 

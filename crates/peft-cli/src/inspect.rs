@@ -1,12 +1,12 @@
 //! `peft inspect`: what an adapter folder holds, from its config and its file header alone.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use peft_core::io::{WEIGHTS_NAME, read_config_json};
 use serde_json::{Value, json};
 
 use crate::error::{CliError, Result};
+use crate::registry;
 use crate::stream::LazyFile;
 
 /// The facts `peft inspect` reports.
@@ -14,11 +14,12 @@ use crate::stream::LazyFile;
 pub struct Inspection {
     /// `peft_type` (`LORA`, `BONE`, `MISS`, …).
     pub method: String,
-    /// Bone/MiSS mode (`default`, `bat`, `mini`); `None` for LoRA.
+    /// The variant within the method: `DoRA` for LoRA with `use_dora`, the Bone/MiSS mode
+    /// (`default`, `bat`, `mini`); `None` for plain LoRA.
     pub mode: Option<String>,
     /// Every rank the adapted modules use (from the tensor shapes).
     pub ranks: Vec<usize>,
-    /// `lora_alpha` and every `alpha_pattern` value (LoRA only).
+    /// `lora_alpha` and every `alpha_pattern` value (LoRA and DoRA only).
     pub alphas: Vec<f64>,
     /// `target_modules` as configured.
     pub targets: Value,
@@ -32,63 +33,28 @@ pub struct Inspection {
     pub file_bytes: u64,
 }
 
-const FACTOR_SUFFIXES: &[&str] = &[".lora_A.weight", ".lora_embedding_A"];
-const BLOCK_SUFFIXES: &[&str] = &[".bone_block", ".miss_block"];
-
-/// Reads an adapter folder's config and file header.
+/// Reads an adapter folder's config and file header; the method (looked up in the registry)
+/// supplies the variant, ranks, alphas and module count.
 pub fn inspect(dir: &Path) -> Result<Inspection> {
     let config = read_config_json(dir)?;
-    let method = config
-        .get("peft_type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| CliError::Unsupported("adapter_config.json has no `peft_type`".into()))?
-        .to_string();
+    let method = registry::method(&config)?;
     let path = dir.join(WEIGHTS_NAME);
     let file = LazyFile::open(&path)?;
     let file_bytes = std::fs::metadata(&path)
         .map_err(|e| CliError::io("cannot read", &path, e))?
         .len();
-    let mut ranks = BTreeSet::new();
-    let mut modules = 0;
-    for (name, e) in &file.entries {
-        if FACTOR_SUFFIXES.iter().any(|s| name.ends_with(s)) {
-            modules += 1;
-            ranks.insert(e.shape.first().copied().unwrap_or(0));
-        } else if BLOCK_SUFFIXES.iter().any(|s| name.ends_with(s)) {
-            modules += 1;
-        }
-    }
-    if ranks.is_empty()
-        && let Some(r) = config.get("r").and_then(Value::as_u64)
-    {
-        ranks.insert(r as usize);
-    }
-    let mut alphas: Vec<f64> = config
-        .get("lora_alpha")
-        .and_then(Value::as_f64)
-        .into_iter()
-        .collect();
-    if let Some(p) = config.get("alpha_pattern").and_then(Value::as_object) {
-        alphas.extend(p.values().filter_map(Value::as_f64));
-    }
-    alphas.sort_by(f64::total_cmp);
-    alphas.dedup();
-    let mode =
-        matches!(method.as_str(), "BONE" | "MISS").then(|| match config.get("init_weights") {
-            Some(Value::String(m)) => m.clone(),
-            _ => "default".to_string(),
-        });
+    let description = method.describe(&config, &file.entries)?;
     Ok(Inspection {
-        mode,
-        method,
-        ranks: ranks.into_iter().collect(),
-        alphas,
+        method: peft_core::method::peft_type(&config)?.to_string(),
+        mode: description.variant,
+        ranks: description.ranks,
+        alphas: description.alphas,
         targets: config.get("target_modules").cloned().unwrap_or(Value::Null),
         modules_to_save: config
             .get("modules_to_save")
             .cloned()
             .unwrap_or(Value::Null),
-        modules,
+        modules: description.modules,
         parameters: file.entries.values().map(|e| e.numel()).sum(),
         file_bytes,
     })

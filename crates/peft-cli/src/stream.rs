@@ -1,35 +1,22 @@
-//! Safetensors one tensor at a time: a reader that parses only the header and reads a tensor's
-//! bytes on demand, and a writer that streams tensors into a temporary file renamed at the end.
-//! Peak memory stays near the largest tensor, whatever the file size.
+//! Safetensors one tensor at a time: a reader that memory-maps the file, parses its header with
+//! the `safetensors` crate and hands out a tensor's bytes on demand, and a writer that streams
+//! tensors into a temporary file renamed at the end. Peak memory stays near the largest tensor,
+//! whatever the file size.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use memmap2::Mmap;
+use peft_core::method::TensorInfo;
+use safetensors::SafeTensors;
 use serde_json::{Map, Value};
 
 use crate::error::{CliError, Result};
 
 /// A tensor's entry in a safetensors header.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    /// Dtype as the header spells it (`F32`, `BF16`, `I64`, …).
-    pub dtype: String,
-    /// Shape.
-    pub shape: Vec<usize>,
-    /// Byte range in the data section.
-    pub start: u64,
-    /// End of the byte range.
-    pub end: u64,
-}
-
-impl Entry {
-    /// Number of elements.
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
+pub type Entry = TensorInfo;
 
 /// The size in bytes of one element of `dtype`, if known.
 pub fn dtype_size(dtype: &str) -> Option<usize> {
@@ -47,13 +34,26 @@ pub fn is_float(dtype: &str) -> bool {
     matches!(dtype, "F16" | "BF16" | "F32" | "F64")
 }
 
-/// A safetensors file whose header was read; tensors are read on demand.
+/// Maps `file` read-only.
+///
+/// The one `unsafe` block of the project: a mapping is undefined behaviour if another process
+/// truncates the file while it is mapped. Checkpoints are read-only inputs here, and this is how
+/// the safetensors ecosystem (safetensors-rs, candle, mistral.rs) reads them without copying.
+#[allow(unsafe_code)]
+fn map(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: see above; the map is read-only and lives as long as `LazyFile`.
+    unsafe { Mmap::map(file) }
+}
+
+/// A memory-mapped safetensors file whose header was validated by the `safetensors` crate
+/// (`SafeTensors::read_metadata`: every byte range inside the file, no overlaps).
 #[derive(Debug)]
 pub struct LazyFile {
     /// The file.
     pub path: PathBuf,
-    file: File,
-    data_start: u64,
+    map: Mmap,
+    data_start: usize,
+    ranges: HashMap<String, (usize, usize)>,
     /// Tensors by name.
     pub entries: BTreeMap<String, Entry>,
     /// `__metadata__`.
@@ -61,105 +61,64 @@ pub struct LazyFile {
 }
 
 impl LazyFile {
-    /// Opens a file and parses its header, checking that every byte range lies in the file.
+    /// Opens and maps a file and parses its header.
     pub fn open(path: &Path) -> Result<Self> {
-        let bad = |message: String| CliError::Safetensors {
-            path: path.to_path_buf(),
-            message,
-        };
-        let mut file = File::open(path).map_err(|e| CliError::io("cannot open", path, e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| CliError::io("cannot read", path, e))?
-            .len();
-        let mut len = [0u8; 8];
-        file.read_exact(&mut len)
-            .map_err(|_| bad("file too short for a header".into()))?;
-        let n = u64::from_le_bytes(len);
-        if n > size.saturating_sub(8) || n > 100_000_000 {
-            return Err(bad(format!(
-                "header length {n} does not fit a {size}-byte file"
-            )));
-        }
-        let mut header = vec![0u8; n as usize];
-        file.read_exact(&mut header)
-            .map_err(|e| CliError::io("cannot read", path, e))?;
-        let header: Map<String, Value> =
-            serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
-        let data_start = 8 + n;
+        let file = File::open(path).map_err(|e| CliError::io("cannot open", path, e))?;
+        let map = map(&file).map_err(|e| CliError::io("cannot map", path, e))?;
+        let (n, metadata) =
+            SafeTensors::read_metadata(&map).map_err(|e| CliError::Safetensors {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         let mut entries = BTreeMap::new();
-        let mut metadata = None;
-        for (name, v) in header {
-            if name == "__metadata__" {
-                metadata = v.as_object().cloned();
-                continue;
-            }
-            let dtype = v
-                .get("dtype")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(format!("tensor `{name}` has no dtype")))?
-                .to_string();
-            let shape = v
-                .get("shape")
-                .and_then(Value::as_array)
-                .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-                .ok_or_else(|| bad(format!("tensor `{name}` has no valid shape")))?;
-            let offsets: Vec<u64> = v
-                .get("data_offsets")
-                .and_then(Value::as_array)
-                .and_then(|a| a.iter().map(Value::as_u64).collect())
-                .filter(|o: &Vec<u64>| o.len() == 2)
-                .ok_or_else(|| bad(format!("tensor `{name}` has no valid data_offsets")))?;
-            let entry = Entry {
-                dtype,
-                shape,
-                start: offsets[0],
-                end: offsets[1],
-            };
-            let expected = dtype_size(&entry.dtype).map(|s| (s * entry.numel()) as u64);
-            if entry.end < entry.start
-                || data_start + entry.end > size
-                || expected.is_some_and(|e| e != entry.end - entry.start)
-            {
-                return Err(bad(format!(
-                    "tensor `{name}`: byte range {}..{} does not fit its {} {:?} or the file",
-                    entry.start, entry.end, entry.dtype, entry.shape
-                )));
-            }
-            entries.insert(name, entry);
+        let mut ranges = HashMap::new();
+        for (name, info) in metadata.tensors() {
+            let dtype = format!("{:?}", info.dtype);
+            entries.insert(
+                name.clone(),
+                Entry {
+                    dtype,
+                    shape: info.shape.clone(),
+                },
+            );
+            ranges.insert(name, info.data_offsets);
         }
+        let metadata = metadata.metadata().as_ref().map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                .collect()
+        });
         Ok(Self {
             path: path.to_path_buf(),
-            file,
-            data_start,
+            map,
+            data_start: 8 + n,
+            ranges,
             entries,
             metadata,
         })
     }
 
-    /// The raw little-endian bytes of tensor `name`.
-    pub fn read_raw(&mut self, name: &str) -> Result<Vec<u8>> {
-        let entry = self
-            .entries
+    /// The raw little-endian bytes of tensor `name`, straight from the mapping.
+    pub fn raw(&self, name: &str) -> Result<&[u8]> {
+        let (start, end) = self
+            .ranges
             .get(name)
+            .copied()
             .ok_or_else(|| CliError::Safetensors {
                 path: self.path.clone(),
                 message: format!("no tensor `{name}`"),
             })?;
-        let mut buf = vec![0u8; (entry.end - entry.start) as usize];
-        self.file
-            .seek(SeekFrom::Start(self.data_start + entry.start))
-            .and_then(|_| self.file.read_exact(&mut buf))
-            .map_err(|e| CliError::io("cannot read", &self.path, e))?;
-        Ok(buf)
+        Ok(&self.map[self.data_start + start..self.data_start + end])
     }
 
     /// Tensor `name` as f32 values (float dtypes only).
-    pub fn read_f32(&mut self, name: &str) -> Result<Vec<f32>> {
-        let dtype = self.entries.get(name).map(|e| e.dtype.clone());
-        let raw = self.read_raw(name)?;
-        let dtype = dtype.unwrap_or_default();
-        decode_f32(&raw, &dtype).ok_or_else(|| CliError::Safetensors {
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let dtype = self
+            .entries
+            .get(name)
+            .map(|e| e.dtype.clone())
+            .unwrap_or_default();
+        decode_f32(self.raw(name)?, &dtype).ok_or_else(|| CliError::Safetensors {
             path: self.path.clone(),
             message: format!("tensor `{name}` has dtype {dtype}, expected a float type"),
         })
@@ -373,7 +332,7 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(st.tensor("a").unwrap().shape(), [2, 1]);
-        let mut lazy = LazyFile::open(&path).unwrap();
+        let lazy = LazyFile::open(&path).unwrap();
         assert_eq!(lazy.read_f32("b").unwrap(), [1.0, 2.0, 3.0]);
         assert_eq!(lazy.read_f32("a").unwrap(), [4.0, 5.0]);
         assert_eq!(

@@ -80,36 +80,47 @@ fn s(p: &Path) -> &str {
 /// Merges `model/adapters/case` and compares every checkpoint tensor with PEFT's merged state
 /// dict (whose keys carry `prefix`).
 fn check_merge(model: &str, case: &str, prefix: &str) {
+    let root = models().join(model);
+    check_merge_at(
+        &root.join("checkpoint"),
+        &root.join("adapters").join(case),
+        prefix,
+        &format!("{model}/{case}"),
+    );
+}
+
+/// Merges `case_dir/adapter` into `checkpoint` with `peft merge` and compares every tensor with
+/// `case_dir/merged.safetensors` (PEFT's `merge_and_unload()` state dict).
+fn check_merge_at(checkpoint: &Path, case_dir: &Path, prefix: &str, what: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("merged.safetensors");
-    let root = models().join(model);
     ok(&[
         "merge",
         "--base",
-        s(&root.join("checkpoint")),
+        s(checkpoint),
         "--adapter",
-        s(&root.join("adapters").join(case).join("adapter")),
+        s(&case_dir.join("adapter")),
         "--out",
         s(&out),
     ]);
     let ours = read(&out);
-    let theirs = read(&root.join("adapters").join(case).join("merged.safetensors"));
-    let base = peft_models::Checkpoint::open(root.join("checkpoint"))
+    let theirs = read(&case_dir.join("merged.safetensors"));
+    let base = peft_models::Checkpoint::open(checkpoint)
         .unwrap()
         .state_dict()
         .unwrap();
     assert_eq!(
         ours.keys().collect::<Vec<_>>(),
         base.keys().collect::<Vec<_>>(),
-        "{model}/{case}: same tensors as the checkpoint"
+        "{what}: same tensors as the checkpoint"
     );
     let mut changed = 0;
     for (k, v) in &ours {
         let reference = &theirs[&format!("{prefix}{k}")];
-        assert_close_rel(&format!("{model}/{case} {k}"), v, reference, 1e-5);
+        assert_close_rel(&format!("{what} {k}"), v, reference, 1e-5);
         changed += usize::from(values(v) != values(&base[k]));
     }
-    assert!(changed > 0, "{model}/{case}: nothing merged");
+    assert!(changed > 0, "{what}: nothing merged");
 }
 
 #[test]
@@ -121,11 +132,20 @@ fn merge_equals_peft_merge_and_unload() {
         ("opt_post", "embed"),
         ("llama", "qv"),
         ("llama", "all_embed_saved"),
+        ("opt_pre", "dora_qv"),
+        ("llama", "dora_all_embed"),
     ] {
         check_merge(model, case, "");
     }
     // GPT-2 Conv1D (fan_in_fan_out), checkpoint saved without the `transformer.` prefix.
     check_merge("gpt2", "conv1d", "transformer.");
+    // An adapter trained with PEFT's LoRA-FA optimizer (a plain LoRA folder).
+    check_merge_at(
+        &models().join("opt_post/checkpoint"),
+        &models().join("../lorafa/trained"),
+        "",
+        "lorafa",
+    );
 }
 
 #[test]
@@ -166,7 +186,12 @@ fn merge_keeps_or_converts_half_precision() {
 fn forward_gives_peft_logits() {
     let dir = tempfile::tempdir().unwrap();
     let ids = models().join("inputs.safetensors");
-    for (model, case) in [("opt_post", "embed"), ("llama", "all_embed_saved")] {
+    for (model, case) in [
+        ("opt_post", "embed"),
+        ("llama", "all_embed_saved"),
+        ("opt_pre", "dora_qv"),
+        ("llama", "dora_all_embed"),
+    ] {
         let root = models().join(model);
         let out = dir.path().join("logits.safetensors");
         ok(&[
@@ -180,37 +205,44 @@ fn forward_gives_peft_logits() {
         ]);
         let base = &read(&root.join("expected.safetensors"))["logits"];
         assert_close_rel(&format!("{model} base"), &read(&out)["logits"], base, 1e-4);
-        let expected = read(
-            &root
-                .join("adapters")
-                .join(case)
-                .join("expected.safetensors"),
+        check_forward(
+            &root.join("checkpoint"),
+            &root.join("adapters").join(case),
+            &format!("{model}/{case}"),
         );
-        let adapter = root.join("adapters").join(case).join("adapter");
-        let checkpoint = root.join("checkpoint");
-        for (merge, key) in [(false, "logits"), (true, "merged_logits")] {
-            let mut args = vec![
-                "forward",
-                "--model",
-                s(&checkpoint),
-                "--adapter",
-                s(&adapter),
-                "--input-ids",
-                s(&ids),
-                "--out",
-                s(&out),
-            ];
-            if merge {
-                args.push("--merge");
-            }
-            ok(&args);
-            assert_close_rel(
-                &format!("{model}/{case} {key}"),
-                &read(&out)["logits"],
-                &expected[key],
-                1e-4,
-            );
+    }
+}
+
+/// Runs `peft forward` with `case_dir/adapter` on `checkpoint`, unmerged and merged, and compares
+/// the logits with `case_dir/expected.safetensors` (PEFT's `logits` and `merged_logits`).
+fn check_forward(checkpoint: &Path, case_dir: &Path, what: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = models().join("inputs.safetensors");
+    let out = dir.path().join("logits.safetensors");
+    let adapter = case_dir.join("adapter");
+    let expected = read(&case_dir.join("expected.safetensors"));
+    for (merge, key) in [(false, "logits"), (true, "merged_logits")] {
+        let mut args = vec![
+            "forward",
+            "--model",
+            s(checkpoint),
+            "--adapter",
+            s(&adapter),
+            "--input-ids",
+            s(&ids),
+            "--out",
+            s(&out),
+        ];
+        if merge {
+            args.push("--merge");
         }
+        ok(&args);
+        assert_close_rel(
+            &format!("{what} {key}"),
+            &read(&out)["logits"],
+            &expected[key],
+            1e-4,
+        );
     }
 }
 
@@ -245,9 +277,23 @@ fn errors_are_one_clear_line() {
     let opt = models().join("opt_pre/checkpoint");
     let llama_adapter = models().join("llama/adapters/qv/adapter");
 
-    assert!(fails(&[]).contains("no command"));
-    assert!(fails(&["frobnicate"]).contains("unknown command"));
-    assert!(fails(&["merge", "--base", s(&opt)]).contains("missing --"));
+    let bare = peft(&[]);
+    assert!(!bare.status.success());
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("Usage: peft <COMMAND>"));
+    assert!(fails(&["frobnicate"]).contains("unrecognized subcommand 'frobnicate'"));
+    let e = fails(&["merge", "--base", s(&opt)]);
+    assert!(e.contains("--adapter") && e.contains("--out"), "{e}");
+    let e = fails(&[
+        "forward",
+        "--model",
+        s(&opt),
+        "--merge",
+        "--input-ids",
+        "i",
+        "--out",
+        "o",
+    ]);
+    assert!(e.contains("--adapter"), "{e}");
     assert!(fails(&["inspect", "/nonexistent/adapter"]).contains("/nonexistent/adapter"));
     assert!(
         fails(&[
@@ -275,6 +321,12 @@ fn errors_are_one_clear_line() {
         ])
         .contains("--dtype")
     );
+    let e = fails(&[
+        "inspect",
+        s(&models().join("opt_pre/adapters/qv/adapter")),
+        "--jsn",
+    ]);
+    assert!(e.contains("--jsn"), "{e}");
 
     // Malformed files.
     let bad = dir.path().join("bad");
@@ -559,4 +611,237 @@ fn bone_merge_errors_name_the_module() {
     ]);
     assert!(e.contains("model.layers.0.self_attn"), "{e}");
     assert!(!out.exists());
+}
+
+#[test]
+fn help_documents_every_command() {
+    let top = ok(&["--help"]);
+    for command in ["inspect", "merge", "forward", "convert"] {
+        assert!(top.contains(command), "{top}");
+        let help = ok(&[command, "--help"]);
+        assert!(help.contains("Usage: peft"), "{command}: {help}");
+    }
+    let merge = ok(&["merge", "--help"]);
+    for option in [
+        "--base",
+        "--adapter",
+        "--out",
+        "--dtype",
+        "--force",
+        "bf16",
+        "NaN",
+    ] {
+        assert!(merge.contains(option), "{option}: {merge}");
+    }
+    assert!(ok(&["--version"]).starts_with("peft "));
+}
+
+/// `peft forward` runs every method's folder, unmerged and merged, with PEFT's logits.
+#[test]
+fn forward_runs_every_method() {
+    let bone = [
+        ("opt_miss_bat", "opt_pre"),
+        ("opt_bone_default", "opt_pre"),
+        ("llama_miss_mini", "llama"),
+        ("opt_miss_default", "opt_pre"),
+    ]
+    .map(|(case, model)| (bone_fixtures().join(case), model));
+    let lorafa = (models().join("../lorafa/trained"), "opt_post");
+    for (case_dir, model) in bone.into_iter().chain([lorafa]) {
+        let checkpoint = models().join(model).join("checkpoint");
+        check_forward(&checkpoint, &case_dir, &case_dir.display().to_string());
+    }
+}
+
+/// A copy of `adapter` whose tensor `key` is replaced by `value`.
+fn adapter_with(dir: &Path, adapter: &Path, key: &str, value: TensorData) -> PathBuf {
+    let copy = dir.join("edited");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(
+        adapter.join("adapter_config.json"),
+        copy.join("adapter_config.json"),
+    )
+    .unwrap();
+    let mut t = read(&adapter.join("adapter_model.safetensors"));
+    assert!(t.contains_key(key), "{key}");
+    t.insert(key.to_string(), value);
+    peft_core::io::write_safetensors(&copy.join("adapter_model.safetensors"), &t).unwrap();
+    copy
+}
+
+#[test]
+fn merge_refuses_unsafe_adapters_and_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = models().join("opt_pre/checkpoint");
+    let adapter = models().join("opt_pre/adapters/qv/adapter");
+    let key = "base_model.model.model.decoder.layers.0.self_attn.q_proj.lora_B.weight";
+    let b = read(&adapter.join("adapter_model.safetensors"))[key].clone();
+    let shape = b.shape().clone();
+    let mut nan = values(&b);
+    nan[3] = f32::NAN;
+    let out = dir.path().join("o.safetensors");
+
+    // NaN (PEFT's safe_merge) and integer tensors.
+    let bad = adapter_with(
+        dir.path(),
+        &adapter,
+        key,
+        TensorData::new(nan, shape.clone()),
+    );
+    let e = fails(&[
+        "merge",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&bad),
+        "--out",
+        s(&out),
+    ]);
+    assert!(e.contains("non-finite") && e.contains("q_proj"), "{e}");
+    // The same tensor stored as I64 (write_safetensors writes F32 only).
+    let mut tensors = read(&adapter.join("adapter_model.safetensors"));
+    let ints: Vec<u8> = vec![1i64; shape.iter().product()]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    tensors.remove(key);
+    let floats: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, v)| {
+            let bytes = values(v).iter().flat_map(|x| x.to_le_bytes()).collect();
+            (k.clone(), v.shape().to_vec(), bytes)
+        })
+        .collect();
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = floats
+        .iter()
+        .map(|(k, sh, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, sh.clone(), b);
+            (k.clone(), v.unwrap())
+        })
+        .collect();
+    let int_view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, shape.to_vec(), &ints);
+    views.push((key.to_string(), int_view.unwrap()));
+    let bad = dir.path().join("edited");
+    std::fs::write(
+        bad.join("adapter_model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let e = fails(&[
+        "merge",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&bad),
+        "--out",
+        s(&out),
+    ]);
+    assert!(e.contains("dtype") && e.contains("q_proj"), "{e}");
+    assert!(!out.exists());
+
+    // --out as a folder, as the adapter's own file, as the base.
+    let e = fails(&[
+        "merge",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(dir.path()),
+    ]);
+    assert!(e.contains("is a folder"), "{e}");
+    let own = adapter.join("adapter_model.safetensors");
+    let e = fails(&[
+        "merge",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(&own),
+    ]);
+    assert!(e.contains("adapter's own file"), "{e}");
+    let copy = dir.path().join("base.safetensors");
+    std::fs::copy(base.join("model.safetensors"), &copy).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    let e = fails(&[
+        "merge",
+        "--base",
+        s(&copy),
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(&copy),
+    ]);
+    assert!(e.contains("--force"), "{e}");
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        before,
+        "the base is untouched"
+    );
+    // With --force the single-file base is replaced by the merged weights.
+    ok(&[
+        "merge",
+        "--base",
+        s(&copy),
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(&copy),
+        "--force",
+    ]);
+    let theirs = read(&models().join("opt_pre/adapters/qv/merged.safetensors"));
+    for (k, v) in read(&copy) {
+        assert_close_rel(&k, &v, &theirs[&k], 1e-5);
+    }
+    // A shard of a sharded base: refused even with --force.
+    let sharded = models().join("opt_post/checkpoint");
+    let shard = std::fs::read_dir(&sharded)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .unwrap();
+    let shard_copy_dir = dir.path().join("sharded");
+    std::fs::create_dir_all(&shard_copy_dir).unwrap();
+    for e in std::fs::read_dir(&sharded).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, shard_copy_dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let target = shard_copy_dir.join(shard.file_name().unwrap());
+    let e = fails(&[
+        "merge",
+        "--base",
+        s(&shard_copy_dir),
+        "--adapter",
+        s(&models().join("opt_post/adapters/patterns/adapter")),
+        "--out",
+        s(&target),
+        "--force",
+    ]);
+    assert!(e.contains("shard"), "{e}");
+}
+
+#[test]
+fn inspect_names_dora_and_every_method() {
+    let json: serde_json::Value = serde_json::from_str(&ok(&[
+        "inspect",
+        s(&models().join("llama/adapters/dora_all_embed/adapter")),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(json["method"], "LORA");
+    assert_eq!(json["mode"], "DoRA");
+    assert_eq!(json["modules"], 2 * 7 + 1);
+    let text = ok(&[
+        "inspect",
+        s(&models().join("opt_pre/adapters/dora_qv/adapter")),
+    ]);
+    assert!(text.contains("method:          LORA (DoRA)"), "{text}");
+    let e = fails(&[
+        "convert",
+        s(&models().join("opt_pre/adapters/qv/adapter")),
+        s(&models().join("nope")),
+    ]);
+    assert!(e.contains("LORA") && e.contains("BONE"), "{e}");
 }

@@ -1,0 +1,60 @@
+//! The one table of methods this tool knows: `peft_type` → method crate
+//! ([`peft_core::method`]). Adding a method to every command is one line here.
+
+use burn::module::Module;
+use peft_core::method::{AttachMethod, Method, find};
+use serde_json::Value;
+
+use crate::error::Result;
+
+/// Lists each method once and derives the look-ups every command uses.
+macro_rules! registry {
+    ($($method:expr),+ $(,)?) => {
+        /// Every method, for the commands that work on files alone.
+        pub fn methods() -> Vec<&'static dyn Method> {
+            vec![$(&$method),+]
+        }
+
+        /// Every method, for the commands that attach adapters to a model of type `M`.
+        pub fn attach_methods<M: Module + 'static>() -> Vec<&'static dyn AttachMethod<M>> {
+            vec![$(&$method),+]
+        }
+    };
+}
+
+registry![peft_lora::Lora, peft_bone::Bone];
+
+/// The method of an adapter config (by its `peft_type`).
+pub fn method(config: &Value) -> Result<&'static dyn Method> {
+    Ok(find(&methods(), |m| *m, config)?)
+}
+
+/// The method of an adapter config, able to attach to a model of type `M`.
+pub fn attach_method<M: Module + 'static>(config: &Value) -> Result<&'static dyn AttachMethod<M>> {
+    Ok(find(&attach_methods::<M>(), |m| *m as &dyn Method, config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_peft_type_has_one_method() {
+        let mut seen = Vec::new();
+        for m in methods() {
+            for t in m.peft_types() {
+                assert!(!seen.contains(t), "{t} registered twice");
+                seen.push(t);
+            }
+        }
+        for t in ["LORA", "MISS", "BONE"] {
+            let found = method(&serde_json::json!({ "peft_type": t })).unwrap();
+            assert!(found.peft_types().contains(&t));
+        }
+        let e = method(&serde_json::json!({"peft_type": "IA3"}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("IA3") && e.contains("LORA"), "{e}");
+    }
+}
