@@ -255,6 +255,7 @@ fn publish(meta: &Value, out: &Path) {
     for (page, method_keys) in [
         ("lora", &["frozen", "lora-qv", "lora-all", "burn-lora"][..]),
         ("lora_fa", &["frozen", "lora-qv", "lorafa-qv"][..]),
+        ("dora", &["frozen", "lora-qv", "dora-qv"][..]),
         ("bone", &["frozen", "lora-qv", "bone", "bone-bat"][..]),
     ] {
         let path = out.join("method_comparison").join(format!("{page}.md"));

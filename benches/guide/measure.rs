@@ -31,6 +31,8 @@ pub enum Method {
     LoraAll,
     /// LoRA-FA r16 α16 on q,v.
     LoraFaQv,
+    /// DoRA r16 α16 on q,v (LoRA plus a magnitude per output).
+    DoraQv,
     /// MiSS/Bone default r64 on q,v.
     BoneDefault,
     /// MiSS/Bone bat r64 on q,v.
@@ -41,12 +43,13 @@ pub enum Method {
 
 impl Method {
     /// Every row, in table order.
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 9] = [
         Method::FrozenBase,
         Method::Full,
         Method::LoraQv,
         Method::LoraAll,
         Method::LoraFaQv,
+        Method::DoraQv,
         Method::BoneDefault,
         Method::BoneBat,
         Method::BurnLora,
@@ -60,6 +63,7 @@ impl Method {
             Method::LoraQv => "LoRA r16 q,v",
             Method::LoraAll => "LoRA r16 all-linear",
             Method::LoraFaQv => "LoRA-FA r16 q,v",
+            Method::DoraQv => "DoRA r16 q,v",
             Method::BoneDefault => "MiSS/Bone default r64 q,v",
             Method::BoneBat => "MiSS/Bone bat r64 q,v",
             Method::BurnLora => "burn apply_lora r16 q,v",
@@ -74,6 +78,7 @@ impl Method {
             Method::LoraQv => "lora-qv",
             Method::LoraAll => "lora-all",
             Method::LoraFaQv => "lorafa-qv",
+            Method::DoraQv => "dora-qv",
             Method::BoneDefault => "bone",
             Method::BoneBat => "bone-bat",
             Method::BurnLora => "burn-lora",
@@ -181,6 +186,11 @@ fn build(config: &OptConfig, method: Method, device: &Device) -> (Adapted, usize
         Method::Full => (Adapted::Full(model), total, total),
         Method::LoraQv => {
             let l = inject(model, &lora(qv()));
+            let n = l.param_counts().trainable;
+            (Adapted::Lora(l), n, total)
+        }
+        Method::DoraQv => {
+            let l = inject(model, &lora(qv()).with_dora(true));
             let n = l.param_counts().trainable;
             (Adapted::Lora(l), n, total)
         }

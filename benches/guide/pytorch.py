@@ -44,10 +44,11 @@ def main():
         model.requires_grad_(False)
     elif method == "full":
         pass
-    elif method in ("lora-qv", "lora-all", "lorafa-qv"):
+    elif method in ("lora-qv", "lora-all", "lorafa-qv", "dora-qv"):
         targets = "all-linear" if method == "lora-all" else qv
         model = peft.get_peft_model(
-            model, peft.LoraConfig(r=16, lora_alpha=16, target_modules=targets)
+            model, peft.LoraConfig(r=16, lora_alpha=16, target_modules=targets,
+                                   use_dora=method == "dora-qv")
         )
         if method == "lorafa-qv":
             from peft.optimizers import create_lorafa_optimizer

@@ -5,6 +5,7 @@
 //! cargo xtask check-cuda                                # DOCS_RS=1 cargo check --features cuda
 //! cargo xtask fixtures [--python PY] [--verify]         # regenerate fixtures with real PEFT;
 //!                                                       # --verify: PEFT loads our adapters
+//! cargo xtask fixtures --verify-only [--python PY]      # the round trip alone, no regeneration
 //! cargo xtask bench [--quick] [--models 125m,350m,1.3b] [--backend B] [--vs-pytorch] # method comparison guide
 //! cargo xtask bench criterion [criterion args]          # per-layer criterion benches
 //! ```
@@ -63,6 +64,7 @@ fn test(backends: &[&str]) -> Result<(), String> {
     let _ = std::fs::create_dir_all(&runtime);
     for backend in backends {
         eprintln!("xtask: === test suite on {backend} ===");
+        let start = std::time::Instant::now();
         run(cargo()
             .args([
                 "test",
@@ -74,6 +76,11 @@ fn test(backends: &[&str]) -> Result<(), String> {
             ])
             .env("BURN_DEVICE", backend)
             .env("XDG_RUNTIME_DIR", &runtime))?;
+        // The first backend's time includes the build shared by all.
+        eprintln!(
+            "xtask: test suite on {backend} took {:.0} s",
+            start.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
@@ -84,11 +91,14 @@ fn fixtures(args: &[String]) -> Result<(), String> {
         .find(|w| w[0] == "--python")
         .map(|w| w[1].clone())
         .unwrap_or_else(|| "python3".into());
-    let script = root().join("xtask/fixtures/generate.py");
-    let mut cmd = Command::new(&python);
-    cmd.arg(&script).arg(root().join("fixtures"));
-    run(&mut cmd)?;
-    if args.iter().any(|a| a == "--verify") {
+    // `--verify-only`: check the committed fixtures' round trip without regenerating them.
+    if !args.iter().any(|a| a == "--verify-only") {
+        let script = root().join("xtask/fixtures/generate.py");
+        let mut cmd = Command::new(&python);
+        cmd.arg(&script).arg(root().join("fixtures"));
+        run(&mut cmd)?;
+    }
+    if args.iter().any(|a| a == "--verify" || a == "--verify-only") {
         verify(&python)?;
     }
     Ok(())
@@ -119,8 +129,18 @@ fn verify(python: &str) -> Result<(), String> {
     let models = root().join("fixtures/models");
     let out = target.join("verify");
     let _ = std::fs::remove_dir_all(&out);
-    for model in ["opt_pre", "llama"] {
-        let dir = out.join(model);
+    // `<model>` folders hold LoRA adapters, `<model>@dora` DoRA ones.
+    for (model, dora) in [
+        ("opt_pre", false),
+        ("llama", false),
+        ("opt_pre", true),
+        ("llama", true),
+    ] {
+        let dir = out.join(if dora {
+            format!("{model}@dora")
+        } else {
+            model.to_string()
+        });
         let adapter = dir.join("adapter");
         run(Command::new(target.join("debug/examples/finetune"))
             .arg("--model")
@@ -132,6 +152,8 @@ fn verify(python: &str) -> Result<(), String> {
                 "20",
                 "--targets",
                 "q_proj,k_proj,v_proj,fc1,up_proj",
+                "--dora",
+                if dora { "true" } else { "false" },
             ])
             .env("BURN_DEVICE", "flex"))?;
         run(Command::new(target.join("debug/peft"))
@@ -231,7 +253,7 @@ fn main() -> ExitCode {
             run(default_flex(&mut cmd))
         }
         Some("bench") => guide(&args[1..]),
-        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify] | bench [--quick] [--models M] [--methods K] [--backend B] [--vs-pytorch [--python PY]] | bench criterion [args]>".into()),
+        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify | --verify-only] | bench [--quick] [--models M] [--methods K] [--backend B] [--vs-pytorch [--python PY]] | bench criterion [args]>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
