@@ -58,7 +58,12 @@ struct BoneFactory {
 impl AdapterFactory for BoneFactory {
     type Adapter = BoneAdapter;
 
-    fn create(&mut self, target: &Target, _weight: Tensor<2>, device: &Device) -> BoneAdapter {
+    fn create(
+        &mut self,
+        target: &Target,
+        _weight: &dyn Fn() -> Tensor<2>,
+        device: &Device,
+    ) -> BoneAdapter {
         let [_, d_out] = target.weight_shape;
         let c = &self.config;
         let shape = block_shape(c.mode, c.r, d_out);

@@ -156,10 +156,16 @@ impl InjectionPlan {
 pub trait AdapterFactory {
     /// The reparameterization attached to each target's weight.
     type Adapter: Reparameterization + FactoredAdapter;
-    /// Creates the adapter for `target` on `device`; `weight` is the target's base weight
-    /// (`[d_in, d_out]` or `[num, dim]`), for methods whose initial state depends on it (DoRA's
-    /// magnitude). Inputs were validated beforehand.
-    fn create(&mut self, target: &Target, weight: Tensor<2>, device: &Device) -> Self::Adapter;
+    /// Creates the adapter for `target` on `device`. `weight` reads the target's base weight
+    /// (`[d_in, d_out]` or `[num, dim]`, detached) for methods whose initial state depends on it
+    /// (DoRA's magnitude); a lazily initialised weight is only materialised when it is called.
+    /// Inputs were validated beforehand.
+    fn create(
+        &mut self,
+        target: &Target,
+        weight: &dyn Fn() -> Tensor<2>,
+        device: &Device,
+    ) -> Self::Adapter;
 }
 
 struct Injector<'a, F> {
@@ -181,8 +187,8 @@ impl<F: AdapterFactory> Reparameterizer for Injector<'_, F> {
         match self.targets.get(path) {
             Some(target) if D == 2 => {
                 let [d0, d1] = target.weight_shape;
-                let weight = param.val().detach().reshape([d0, d1]);
-                let adapter = self.factory.create(target, weight, &param.lazy_device());
+                let weight = || param.val().detach().reshape([d0, d1]);
+                let adapter = self.factory.create(target, &weight, &param.lazy_device());
                 (param, Some(adapter))
             }
             _ => (param, None),

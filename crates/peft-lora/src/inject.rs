@@ -92,7 +92,12 @@ struct LoraFactory<'a> {
 impl AdapterFactory for LoraFactory<'_> {
     type Adapter = LoraAdapter;
 
-    fn create(&mut self, target: &Target, weight: Tensor<2>, device: &Device) -> LoraAdapter {
+    fn create(
+        &mut self,
+        target: &Target,
+        weight: &dyn Fn() -> Tensor<2>,
+        device: &Device,
+    ) -> LoraAdapter {
         let t = self.per_target[target.path.as_str()];
         let [d_in, d_out] = target.weight_shape;
         let r = t.r;
@@ -110,7 +115,12 @@ impl AdapterFactory for LoraFactory<'_> {
         // DoRA starts from m = ‖W + s·A·B‖ (PEFT's `DoraLinearLayer.update_layer`).
         let magnitude = self.dora.then(|| {
             magnitude.unwrap_or_else(|| {
-                crate::dora::column_norm(&weight.to_device(device), a.clone(), b.clone(), t.scaling)
+                crate::dora::column_norm(
+                    &weight().to_device(device),
+                    a.clone(),
+                    b.clone(),
+                    t.scaling,
+                )
             })
         });
         let dropout = if target.kind == LayerKind::Embedding {

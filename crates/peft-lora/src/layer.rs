@@ -69,6 +69,13 @@ impl LoraAdapter {
         Some(m / norm)
     }
 
+    /// `s·(x·A)·B` `[tokens, d_out]` for `x` `[tokens, d_in]`.
+    fn lora_product(&self, x: Tensor<2>) -> Tensor<2> {
+        x.matmul(self.a.val())
+            .mul_scalar(self.scaling)
+            .matmul(self.b.val())
+    }
+
     fn dropout_active(&self, x: &Tensor<2>) -> bool {
         self.dropout.prob > 0.0 && self.dropout.training.is_enabled() && x.device().is_autodiff()
     }
@@ -114,12 +121,7 @@ impl FactoredAdapter for LoraAdapter {
             let base = x.clone().matmul(base_weight.clone());
             return Some(self.linear_output(x, base_weight, base.clone()) - base);
         }
-        let x = self.dropout.forward(x);
-        Some(
-            x.matmul(self.a.val())
-                .mul_scalar(self.scaling)
-                .matmul(self.b.val()),
-        )
+        Some(self.lora_product(self.dropout.forward(x)))
     }
 
     /// DoRA (PEFT's `DoraLinearVariant.forward`): without active dropout
@@ -138,19 +140,10 @@ impl FactoredAdapter for LoraAdapter {
         let scale = scale.unsqueeze::<2>();
         if self.dropout_active(&x) {
             let x = self.dropout.forward(x);
-            let lora = x
-                .clone()
-                .matmul(self.a.val())
-                .mul_scalar(self.scaling)
-                .matmul(self.b.val());
-            let dropped_base = x.matmul(base_weight.clone());
-            base + dropped_base * (scale.clone() - 1.0) + lora * scale
+            let dropped_base = x.clone().matmul(base_weight.clone());
+            base + dropped_base * (scale.clone() - 1.0) + self.lora_product(x) * scale
         } else {
-            let lora = x
-                .matmul(self.a.val())
-                .mul_scalar(self.scaling)
-                .matmul(self.b.val());
-            (base + lora) * scale
+            (base + self.lora_product(x)) * scale
         }
     }
 
