@@ -139,13 +139,15 @@ fn merge_equals_peft_merge_and_unload() {
     }
     // GPT-2 Conv1D (fan_in_fan_out), checkpoint saved without the `transformer.` prefix.
     check_merge("gpt2", "conv1d", "transformer.");
-    // An adapter trained with PEFT's LoRA-FA optimizer (a plain LoRA folder).
-    check_merge_at(
-        &models().join("opt_post/checkpoint"),
-        &models().join("../lorafa/trained"),
-        "",
-        "lorafa",
-    );
+    // Adapters trained with PEFT's LoRA-FA optimizer (plain LoRA folders).
+    for (model, case) in [("opt_post", "trained"), ("llama", "trained_llama")] {
+        check_merge_at(
+            &models().join(model).join("checkpoint"),
+            &models().join("../lorafa").join(case),
+            "",
+            &format!("lorafa/{case}"),
+        );
+    }
 }
 
 #[test]
@@ -646,8 +648,11 @@ fn forward_runs_every_method() {
         ("opt_miss_default", "opt_pre"),
     ]
     .map(|(case, model)| (bone_fixtures().join(case), model));
-    let lorafa = (models().join("../lorafa/trained"), "opt_post");
-    for (case_dir, model) in bone.into_iter().chain([lorafa]) {
+    let lorafa = [
+        (models().join("../lorafa/trained"), "opt_post"),
+        (models().join("../lorafa/trained_llama"), "llama"),
+    ];
+    for (case_dir, model) in bone.into_iter().chain(lorafa) {
         let checkpoint = models().join(model).join("checkpoint");
         check_forward(&checkpoint, &case_dir, &case_dir.display().to_string());
     }
