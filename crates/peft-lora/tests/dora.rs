@@ -265,3 +265,50 @@ fn a_dora_folder_without_magnitudes_is_an_error_naming_the_key() {
         "{e}"
     );
 }
+
+/// With dropout active, PEFT recomputes `x̃·W` on the dropped-out input:
+/// `y = x·W + b + (scale − 1) ⊙ x̃·W + scale ⊙ s·x̃·A·B`, `scale = m / ‖W + s·A·B‖`.
+#[test]
+fn dropout_in_training_rescales_the_dropped_out_base_product_as_peft_does() {
+    let device = device();
+    let model = factored(16, 12, true, &device);
+    let config = peft_lora::LoraConfig::new(peft_core::TargetModules::names(["layer"]))
+        .with_r(4)
+        .with_dropout(0.5)
+        .with_init(peft_lora::LoraInit::Random)
+        .with_dora(true);
+    let lora = LoraModel::inject(model, &config, &InjectOptions::default()).unwrap();
+    let ad = adapter(&lora.model.layer.weight);
+    // Move m away from the norm so that every term matters.
+    let m = ad.magnitude.as_ref().unwrap().val().mul_scalar(1.3);
+    let lora = {
+        let mut l = lora;
+        l.model = replace_params(
+            l.model,
+            BTreeMap::from([("layer.weight.lora.magnitude".to_string(), m.into_data())]),
+        )
+        .unwrap();
+        l
+    };
+    let x = Tensor::<2>::random([6, 16], burn::tensor::Distribution::Default, &device);
+    // A first forward initialises the lazily created base weight (it draws random numbers), so
+    // that after seeding the dropout mask is the only draw.
+    let _ = lora.model.layer.forward(x.clone());
+    device.seed(7);
+    let y = lora.model.layer.forward(x.clone());
+
+    device.seed(7);
+    let dropped = burn::nn::DropoutConfig::new(0.5).init().forward(x.clone());
+    let ad = adapter(&lora.model.layer.weight);
+    let w = lora.model.layer.weight.base();
+    let b = lora.model.layer.bias.as_ref().unwrap().val();
+    let s = ad.scaling;
+    let dense = w.clone() + ad.a.val().matmul(ad.b.val()).mul_scalar(s);
+    let norm = dense.powi_scalar(2).sum_dim(0).sqrt();
+    let scale = ad.magnitude.as_ref().unwrap().val().unsqueeze::<2>() / norm;
+    let expected = x.matmul(w.clone())
+        + b.unsqueeze::<2>()
+        + dropped.clone().matmul(w) * (scale.clone() - 1.0)
+        + dropped.matmul(ad.a.val()).mul_scalar(s).matmul(ad.b.val()) * scale;
+    assert_close("dropout path", y.into_data(), &expected.into_data(), TOL);
+}
