@@ -187,8 +187,15 @@ impl Method for Lora {
         config: &Value,
         tensors: &BTreeMap<String, TensorInfo>,
     ) -> Result<Description> {
-        let (config, _) = split_fan_in_fan_out(config);
-        let config = LoraConfig::from_json(&config)?;
+        // Read the fields directly rather than through `LoraConfig`: inspecting a folder must work
+        // even when it uses an option this crate cannot run (PiSSA init, `lora_bias`, …).
+        let number = |v: &Value| v.as_f64();
+        let lora_alpha = config.get("lora_alpha").and_then(number).unwrap_or(8.0);
+        let patterns = config.get("alpha_pattern").and_then(Value::as_object);
+        let use_dora = config
+            .get("use_dora")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let mut ranks = BTreeSet::new();
         let mut modules = 0;
         for (name, info) in tensors {
@@ -197,13 +204,17 @@ impl Method for Lora {
                 ranks.insert(info.shape.first().copied().unwrap_or(0));
             }
         }
-        let mut alphas: Vec<f64> = std::iter::once(config.lora_alpha)
-            .chain(config.alpha_pattern.iter().map(|(_, a)| *a))
+        let mut alphas: Vec<f64> = std::iter::once(lora_alpha)
+            .chain(
+                patterns
+                    .into_iter()
+                    .flat_map(|p| p.values().filter_map(number)),
+            )
             .collect();
         alphas.sort_by(f64::total_cmp);
         alphas.dedup();
         Ok(Description {
-            variant: config.use_dora.then(|| "DoRA".to_string()),
+            variant: use_dora.then(|| "DoRA".to_string()),
             ranks: ranks.into_iter().collect(),
             alphas,
             modules,
@@ -443,6 +454,27 @@ mod tests {
             assert!((norm - m).abs() < 1e-5, "{norm} vs {m}");
         }
         assert!(plan["q.weight"].undo(merged, &[2, 3]).is_err());
+    }
+
+    #[test]
+    fn describe_reads_folders_it_cannot_run() {
+        let config = serde_json::json!({
+            "peft_type": "LORA", "r": 2, "lora_alpha": 4, "alpha_pattern": {"q": 6},
+            "init_lora_weights": "pissa", "use_dora": true, "target_modules": ["q"]
+        });
+        let tensors = BTreeMap::from([
+            (
+                "base_model.model.q.lora_A.weight".to_string(),
+                info(&[2, 3]),
+            ),
+            (
+                "base_model.model.q.lora_B.weight".to_string(),
+                info(&[2, 2]),
+            ),
+        ]);
+        let d = Lora.describe(&config, &tensors).unwrap();
+        assert_eq!(d.variant.as_deref(), Some("DoRA"));
+        assert_eq!((d.ranks, d.alphas, d.modules), (vec![2], vec![4.0, 6.0], 1));
     }
 
     #[test]
