@@ -7,13 +7,13 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::TensorData;
 use peft_core::method::{
-    Adapted, AttachMethod, AttachOptions, Description, MergePlan, Method, TensorInfo, WeightChange,
-    finite_f32, resolve_key,
+    Adapted, AttachMethod, AttachOptions, Conversion, Description, MergePlan, Method, TensorInfo,
+    WeightChange, finite_f32, resolve_key,
 };
 use peft_core::{PEFT_PREFIX, PeftError};
 use serde_json::Value;
 
-use crate::config::{BoneConfig, BoneMode};
+use crate::config::{BoneConfig, BoneFormat, BoneMode};
 use crate::error::BoneError;
 use crate::inject::check_layer;
 use crate::io::file_shape;
@@ -187,6 +187,48 @@ impl Method for Bone {
             plan.insert(weight, Box::new(change));
         }
         Ok(plan)
+    }
+
+    /// Bone (`"BONE"`, PEFT ≤ 0.18) ↔ MiSS (`"MISS"`), as PEFT's
+    /// `scripts/convert-bone-to-miss.py` does: the math of Bone's default and bat modes is
+    /// MiSS's, so only the type and the tensor names change. MiSS-only settings (`mini`,
+    /// `miss_dropout > 0`) cannot become Bone.
+    fn convert(&self, config: &Value, to: Option<&str>) -> Result<Conversion> {
+        let mut config = BoneConfig::from_json(config)?;
+        let from = config.format;
+        let to = match to {
+            None => match from {
+                BoneFormat::Bone => BoneFormat::Miss,
+                BoneFormat::Miss => BoneFormat::Bone,
+            },
+            Some("MISS") => BoneFormat::Miss,
+            Some("BONE") => BoneFormat::Bone,
+            Some(other) => {
+                return Err(PeftError::Unsupported {
+                    field: "peft_type".into(),
+                    value: format!("{other:?}"),
+                    reason: "Bone/MiSS folders convert into MISS or BONE".into(),
+                });
+            }
+        };
+        config.format = to;
+        config.validate()?;
+        let (old, new) = (
+            format!(".{}", from.block_key()),
+            format!(".{}", to.block_key()),
+        );
+        let rename = move |name: &str| match name.strip_suffix(&old) {
+            Some(stem) => Ok(format!("{stem}{new}")),
+            None => Err(PeftError::Mismatch(format!(
+                "unexpected tensor `{name}` in a {} adapter",
+                from.peft_type()
+            ))),
+        };
+        Ok(Conversion {
+            peft_type: to.peft_type().to_string(),
+            config: config.to_json(),
+            rename: Box::new(rename),
+        })
     }
 }
 

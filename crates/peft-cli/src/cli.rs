@@ -50,9 +50,9 @@ pub enum Command {
         /// The dtype of float tensors in the output.
         #[arg(long, value_enum, default_value_t = OutDtypeArg::Keep)]
         dtype: OutDtypeArg,
-        /// Allow --out to replace the base checkpoint when it is a single file (it is read in
-        /// full before the rename, so this is safe; without --force it is refused as a likely
-        /// mistake).
+        /// Allow --out to replace the base checkpoint when it is a single file. This is safe: the
+        /// base stays mapped and the merged file replaces it only by the final rename. Without
+        /// --force it is refused as a likely mistake; a shard of a sharded base is never allowed.
         #[arg(long)]
         force: bool,
     },
@@ -75,16 +75,18 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Convert a Bone folder (`peft_type` BONE, PEFT ≤ 0.18) into MiSS (PEFT ≥ 0.17) or back,
-    /// as PEFT's `convert-bone-to-miss.py` does; tensor bytes are copied unchanged.
+    /// Convert an adapter folder into another file format of its method: a Bone folder
+    /// (`peft_type` BONE, PEFT ≤ 0.18) into MiSS (PEFT ≥ 0.17) or back, as PEFT's
+    /// `convert-bone-to-miss.py` does; tensor bytes are copied unchanged. Methods with one format
+    /// (LoRA, DoRA) say so.
     Convert {
-        /// The Bone or MiSS adapter folder.
+        /// The adapter folder.
         input: PathBuf,
         /// The folder to write.
         output: PathBuf,
-        /// The format to write (default: the other one).
-        #[arg(long, value_enum)]
-        to: Option<BoneFormatArg>,
+        /// The `peft_type` to write, e.g. `miss` or `bone` (default: the method's other format).
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -99,15 +101,6 @@ pub enum OutDtypeArg {
     F16,
     /// bfloat16.
     Bf16,
-}
-
-/// `--to` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BoneFormatArg {
-    /// MiSS (`peft_type` MISS, `…miss_block`).
-    Miss,
-    /// Bone (`peft_type` BONE, `…bone_block`).
-    Bone,
 }
 
 #[cfg(test)]

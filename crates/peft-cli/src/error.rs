@@ -34,12 +34,6 @@ pub enum CliError {
     Unsupported(String),
 }
 
-impl From<peft_bone::BoneError> for CliError {
-    fn from(e: peft_bone::BoneError) -> Self {
-        Self::Core(e.into())
-    }
-}
-
 impl CliError {
     /// An I/O error on `path`.
     pub fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {

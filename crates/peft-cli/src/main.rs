@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use peft_cli::cli::{BoneFormatArg, Cli, Command};
+use peft_cli::cli::{Cli, Command};
 use peft_cli::error::Result;
 use peft_cli::{convert, forward, inspect, merge};
 
@@ -41,16 +41,8 @@ fn run(cli: Cli) -> Result<()> {
             out,
         } => forward::forward(&model, adapter.as_deref(), merge, &input_ids, &out)?,
         Command::Convert { input, output, to } => {
-            let to = to.map(|t| match t {
-                BoneFormatArg::Miss => peft_bone::BoneFormat::Miss,
-                BoneFormatArg::Bone => peft_bone::BoneFormat::Bone,
-            });
-            let written = convert::convert(&input, &output, to)?;
-            eprintln!(
-                "peft: wrote a {} adapter to {}",
-                written.peft_type(),
-                output.display()
-            );
+            let written = convert::convert(&input, &output, to.as_deref())?;
+            eprintln!("peft: wrote a {written} adapter to {}", output.display());
         }
     }
     Ok(())

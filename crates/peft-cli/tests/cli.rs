@@ -848,5 +848,13 @@ fn inspect_names_dora_and_every_method() {
         s(&models().join("opt_pre/adapters/qv/adapter")),
         s(&models().join("nope")),
     ]);
-    assert!(e.contains("LORA") && e.contains("BONE"), "{e}");
+    assert!(e.contains("LORA") && e.contains("one file format"), "{e}");
+    let e = fails(&[
+        "convert",
+        s(&bone_fixtures().join("opt_bone_bat/adapter")),
+        s(&models().join("nope")),
+        "--to",
+        "lora",
+    ]);
+    assert!(e.contains("\"LORA\"") && e.contains("MISS or BONE"), "{e}");
 }

@@ -66,6 +66,20 @@ pub trait WeightChange: Send + Sync {
 /// The changes of one adapter, by checkpoint key.
 pub type MergePlan = BTreeMap<String, Box<dyn WeightChange>>;
 
+/// Renames one tensor key of a folder being converted; an error for a key the format lacks.
+pub type KeyRename = Box<dyn Fn(&str) -> Result<String>>;
+
+/// A folder converted into another file format of the same method: the new
+/// `adapter_config.json` and the new name of each tensor (the tensor bytes do not change).
+pub struct Conversion {
+    /// The `peft_type` written.
+    pub peft_type: String,
+    /// The new config object.
+    pub config: Value,
+    /// Old tensor key → new tensor key.
+    pub rename: KeyRename,
+}
+
 /// What a method provides on files alone.
 pub trait Method: Send + Sync {
     /// The method's name for people (`LoRA`, `MiSS/Bone`).
@@ -91,6 +105,22 @@ pub trait Method: Send + Sync {
         tensors: BTreeMap<String, TensorData>,
         checkpoint: &BTreeMap<String, TensorInfo>,
     ) -> Result<MergePlan>;
+
+    /// Converts a folder with config `config` into the file format `to` (a `peft_type`; `None`:
+    /// the method's other format), for methods that have several (Bone → MiSS). The default
+    /// says the method has one format.
+    fn convert(&self, config: &Value, to: Option<&str>) -> Result<Conversion> {
+        let from = peft_type(config)?;
+        Err(PeftError::Unsupported {
+            field: "peft_type".into(),
+            value: format!("{from:?}"),
+            reason: format!(
+                "{} has one file format{}; nothing to convert",
+                self.name(),
+                to.map(|t| format!(", not {t}")).unwrap_or_default()
+            ),
+        })
+    }
 }
 
 /// How adapters are attached to a model: burn path ↔ PyTorch name, and the head `all-linear`
