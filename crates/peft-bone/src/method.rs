@@ -34,7 +34,7 @@ impl From<BoneError> for PeftError {
     }
 }
 
-fn mode_name(mode: BoneMode) -> &'static str {
+pub(crate) fn mode_name(mode: BoneMode) -> &'static str {
     match mode {
         BoneMode::Default => "default",
         BoneMode::Bat => "bat",
@@ -232,39 +232,7 @@ impl Method for Bone {
     }
 }
 
-impl<M: Module + 'static> Adapted<M> for BoneModel<M> {
-    fn model(&self) -> &M {
-        &self.model
-    }
-
-    fn model_mut(&mut self) -> &mut M {
-        &mut self.model
-    }
-
-    fn merge_and_unload(self: Box<Self>) -> Result<M> {
-        Ok(BoneModel::merge_and_unload(*self))
-    }
-
-    fn unload(self: Box<Self>) -> M {
-        BoneModel::unload(*self)
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        Ok(BoneModel::save(self, dir)?)
-    }
-
-    fn summary(&self) -> String {
-        let c = self.config();
-        format!(
-            "{} ({}) on {} modules (r {}) || {}",
-            c.format.peft_type(),
-            mode_name(c.mode),
-            self.targets().len(),
-            c.r,
-            self.param_counts()
-        )
-    }
-}
+peft_core::impl_adapted!(BoneModel);
 
 impl<M: Module + 'static> AttachMethod<M> for Bone {
     fn inject(

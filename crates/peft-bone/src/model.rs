@@ -97,6 +97,19 @@ impl<M: Module> BoneModel<M> {
         }
     }
 
+    /// One line: format, mode, targets, rank and parameter counts.
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        format!(
+            "{} ({}) on {} modules (r {}) || {}",
+            c.format.peft_type(),
+            crate::method::mode_name(c.mode),
+            self.targets.len(),
+            c.r,
+            self.param_counts()
+        )
+    }
+
     /// Host copies of every block (burn storage), by module path.
     pub(crate) fn blocks(&self) -> InitialBlocks {
         let mut params = read_params(&self.model, |p| p.ends_with(".weight.bone.block"));

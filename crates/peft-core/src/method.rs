@@ -154,6 +154,40 @@ pub trait Adapted<M> {
     fn summary(&self) -> String;
 }
 
+/// Implements [`Adapted<M>`] for a method's model wrapper `$ty<M>` that has a public `model`
+/// field and inherent `merge_and_unload(self) -> M`, `unload(self) -> M`,
+/// `save(&self, &Path) -> Result<(), E>` (with `PeftError: From<E>`) and `summary(&self) -> String`.
+#[macro_export]
+macro_rules! impl_adapted {
+    ($ty:ident) => {
+        impl<M: ::burn::module::Module + 'static> $crate::method::Adapted<M> for $ty<M> {
+            fn model(&self) -> &M {
+                &self.model
+            }
+
+            fn model_mut(&mut self) -> &mut M {
+                &mut self.model
+            }
+
+            fn merge_and_unload(self: Box<Self>) -> $crate::Result<M> {
+                Ok($ty::merge_and_unload(*self))
+            }
+
+            fn unload(self: Box<Self>) -> M {
+                $ty::unload(*self)
+            }
+
+            fn save(&self, dir: &::std::path::Path) -> $crate::Result<()> {
+                Ok($ty::save(self, dir)?)
+            }
+
+            fn summary(&self) -> String {
+                $ty::summary(self)
+            }
+        }
+    };
+}
+
 /// What a method provides on a model of type `M`.
 pub trait AttachMethod<M>: Method {
     /// Attaches fresh adapters made from `config` (an `adapter_config.json` object).

@@ -346,31 +346,7 @@ fn inject_options(options: &AttachOptions) -> InjectOptions {
     o
 }
 
-impl<M: Module + 'static> Adapted<M> for LoraModel<M> {
-    fn model(&self) -> &M {
-        &self.model
-    }
-
-    fn model_mut(&mut self) -> &mut M {
-        &mut self.model
-    }
-
-    fn merge_and_unload(self: Box<Self>) -> Result<M> {
-        Ok(LoraModel::merge_and_unload(*self))
-    }
-
-    fn unload(self: Box<Self>) -> M {
-        LoraModel::unload(*self)
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        Ok(LoraModel::save(self, dir)?)
-    }
-
-    fn summary(&self) -> String {
-        LoraModel::summary(self)
-    }
-}
+peft_core::impl_adapted!(LoraModel);
 
 impl<M: Module + 'static> AttachMethod<M> for Lora {
     fn inject(
