@@ -99,7 +99,10 @@ fn only_adapters_train_and_the_loss_falls() {
         .merge_and_unload()
         .forward(xv.clone())
         .into_data();
-    assert_close("merged vs unmerged", merged, &a, 1e-5);
+    // Relative to the outputs' scale: merging reassociates f32 sums (x·(W + s·A·B) against
+    // x·W + s·(x·A)·B), and on GPU backends the data is random, so an absolute 1e-5 was flaky.
+    let scale = a.iter::<f32>().fold(1f32, |m, v| m.max(v.abs()));
+    assert_close("merged vs unmerged", merged, &a, 1e-5 * scale);
     let unloaded = reloaded.unload();
     let base_out = base.valid().forward(xv.clone()).into_data();
     assert_eq!(
