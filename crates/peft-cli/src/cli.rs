@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Inspect, merge, run and convert PEFT adapter folders (LoRA, DoRA, LoRA-FA-trained, MiSS,
+/// Train, inspect, merge, run and convert PEFT adapter folders (LoRA, DoRA, LoRA-FA-trained, MiSS,
 /// Bone) with burn.
 ///
 /// The method of an adapter is read from its `adapter_config.json` (`peft_type`, `use_dora`).
@@ -75,6 +75,15 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Fine-tune adapters on a JSONL data set and write a PEFT adapter folder.
+    ///
+    /// Data: one JSON object per line in TRL's formats: {"text"} (loss on every token),
+    /// {"prompt","completion"} (loss on the completion and eos) or {"messages": [{"role",
+    /// "content"}, ...]} (rendered with the tokenizer's chat template; loss on assistant turns).
+    /// --data takes a .jsonl file or a folder with train.jsonl and valid.jsonl. The loss, AdamW,
+    /// schedules and clipping follow transformers' Trainer. The adapter folder loads in PEFT's
+    /// `PeftModel.from_pretrained` and `AutoPeftModelForCausalLM`.
+    Train(Box<TrainCmd>),
     /// Convert an adapter folder into another file format of its method: a Bone folder
     /// (`peft_type` BONE, PEFT ≤ 0.18) into MiSS (PEFT ≥ 0.17) or back, as PEFT's
     /// `convert-bone-to-miss.py` does; tensor bytes are copied unchanged. Methods with one format
@@ -88,6 +97,154 @@ pub enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+}
+
+/// `peft train`'s options.
+#[derive(Debug, Args)]
+pub struct TrainCmd {
+    /// The transformers checkpoint folder (OPT or Llama: `config.json` + weights).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A .jsonl file, or a folder with train.jsonl (and valid.jsonl for evaluation).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The adapter folder to write; checkpoints go to OUT/checkpoint-STEP.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Folder with tokenizer.json and tokenizer_config.json (default: --model).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Validation data (default: valid.jsonl in a --data folder).
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// The method: lora, dora, lora-fa (LoRA with frozen A and PEFT's LoRA-FA optimizer), miss
+    /// or bone.
+    #[arg(long, default_value = "lora")]
+    pub method: String,
+    /// An adapter_config.json with the adapter's settings (replaces --r, --alpha, --dropout,
+    /// --targets, --rslora).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Rank.
+    #[arg(long, default_value_t = 8)]
+    pub r: usize,
+    /// LoRA alpha (scaling alpha/r, or alpha/sqrt(r) with --rslora).
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// Dropout on the adapter's input.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Target modules, comma-separated names, or all-linear.
+    #[arg(long, default_value = "q_proj,v_proj")]
+    pub targets: String,
+    /// rsLoRA scaling (alpha/sqrt(r)).
+    #[arg(long)]
+    pub rslora: bool,
+    /// Start from this adapter folder (e.g. one PEFT saved) instead of a fresh init.
+    #[arg(long, conflicts_with = "resume")]
+    pub init_adapter: Option<PathBuf>,
+    /// Optimizer steps [default: one epoch].
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<usize>,
+    /// Passes over the training data (when --steps is not given).
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Examples per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Micro-batches per optimizer step (the loss is normalised over all of them).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// AdamW's decoupled weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Learning-rate schedule (transformers' get_scheduler; constant with --warmup is
+    /// constant_with_warmup).
+    #[arg(long, default_value = "constant", value_parser = crate::train::parse_schedule)]
+    pub schedule: peft_train::schedule::ScheduleKind,
+    /// Warm-up steps, linear from 0.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// Clip the gradient norm over the trainable parameters (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Seed of the per-epoch shuffle.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Take batches in file order.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Longest example in tokens (capped at the model's positions); longer ones are cut.
+    #[arg(long, default_value_t = 1024)]
+    pub max_len: usize,
+    /// Make an example over --max-len an error instead of cutting it.
+    #[arg(long)]
+    pub no_truncate: bool,
+    /// Evaluate every N steps (and at the end) when there is validation data.
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Write a checkpoint (adapter + optimizer + position) every N steps.
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// Continue from a checkpoint folder written by --save-every, with the same settings.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Write one JSON line per step and per evaluation to this file.
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Recompute activations in the backward pass instead of keeping them (less memory).
+    #[arg(long)]
+    pub checkpointing: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl TrainCmd {
+    /// The library's arguments.
+    pub fn into_args(self) -> crate::train::TrainArgs {
+        crate::train::TrainArgs {
+            model: self.model,
+            data: self.data,
+            eval: self.eval,
+            tokenizer: self.tokenizer,
+            adapter: crate::train::AdapterSpec {
+                method: self.method,
+                config: self.config,
+                r: self.r,
+                alpha: self.alpha,
+                dropout: self.dropout,
+                targets: self.targets,
+                rslora: self.rslora,
+                init_adapter: self.init_adapter,
+            },
+            steps: self.steps,
+            epochs: self.epochs,
+            max_len: self.max_len,
+            no_truncate: self.no_truncate,
+            resume: self.resume,
+            checkpointing: self.checkpointing,
+            settings: peft_train::TrainSettings {
+                steps: 0,
+                batch: self.batch,
+                grad_accum: self.grad_accum,
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                schedule: self.schedule,
+                warmup: self.warmup,
+                max_grad_norm: self.max_grad_norm,
+                shuffle: (!self.no_shuffle).then_some(self.seed),
+                eval_every: self.eval_every,
+                save_every: self.save_every,
+                out: self.out,
+                metrics: self.metrics,
+                progress: !self.quiet,
+            },
+        }
+    }
 }
 
 /// `--dtype` values.

@@ -15,6 +15,9 @@ pub enum CliError {
     /// registry).
     #[error(transparent)]
     Core(#[from] PeftError),
+    /// A training problem: data, tokenizer, settings, checkpoints.
+    #[error(transparent)]
+    Train(#[from] peft_train::TrainError),
     /// A checkpoint or model problem.
     #[error(transparent)]
     Model(#[from] ModelError),

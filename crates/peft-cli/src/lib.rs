@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod merge;
 pub mod registry;
 pub mod stream;
+pub mod train;
 
 pub use error::{CliError, Result};
 

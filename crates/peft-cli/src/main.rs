@@ -7,7 +7,7 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use peft_cli::cli::{Cli, Command};
 use peft_cli::error::Result;
-use peft_cli::{convert, forward, inspect, merge};
+use peft_cli::{convert, forward, inspect, merge, train};
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -40,6 +40,23 @@ fn run(cli: Cli) -> Result<()> {
             input_ids,
             out,
         } => forward::forward(&model, adapter.as_deref(), merge, &input_ids, &out)?,
+        Command::Train(cmd) => {
+            let args = cmd.into_args();
+            let report = train::train(&args)?;
+            let first = report.losses.first().copied().unwrap_or(f32::NAN);
+            let last = report.losses.last().copied().unwrap_or(f32::NAN);
+            let valid = report
+                .valid
+                .last()
+                .map(|(_, v)| format!(", valid loss {v:.4}"))
+                .unwrap_or_default();
+            eprintln!(
+                "peft: trained {} steps: loss {first:.4} -> {last:.4}{valid}, {:.0} tokens/s; adapter in {}",
+                report.losses.len(),
+                report.tokens_per_s,
+                args.settings.out.display()
+            );
+        }
         Command::Convert { input, output, to } => {
             let written = convert::convert(&input, &output, to.as_deref())?;
             eprintln!("peft: wrote a {written} adapter to {}", output.display());

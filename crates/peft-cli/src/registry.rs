@@ -24,6 +24,40 @@ macro_rules! registry {
 
 registry![peft_lora::Lora, peft_bone::Bone];
 
+/// LoRA-FA: LoRA adapters (from `config`, or the folder `from`) with every A frozen, and PEFT's
+/// LoRA-FA optimizer over them. `prepare` runs on the model before the optimizer is built (a
+/// resumed run restores its parameter ids there).
+pub fn lorafa<M: Module + 'static>(
+    model: M,
+    config: &Value,
+    from: Option<&std::path::Path>,
+    prepare: impl FnOnce(M) -> M,
+    weight_decay: f64,
+) -> Result<(
+    Box<dyn peft_core::method::Adapted<M>>,
+    burn::optim::ModuleOptimizer,
+)> {
+    let options = peft_lora::InjectOptions::default();
+    let mut lora = match from {
+        Some(dir) => {
+            peft_lora::LoraModel::load(model, dir, &options).map_err(peft_core::PeftError::from)?
+        }
+        None => {
+            let config =
+                peft_lora::LoraConfig::from_json(config).map_err(peft_core::PeftError::from)?;
+            peft_lora::LoraModel::inject(model, &config, &options)
+                .map_err(peft_core::PeftError::from)?
+        }
+    };
+    lora.model = prepare(lora.model);
+    let lora = peft_lorafa::freeze_a(lora);
+    let optimizer = peft_lorafa::LoraFaOptimizerConfig::new()
+        .with_weight_decay(weight_decay)
+        .init(&lora)
+        .map_err(|e| crate::error::CliError::Usage(e.to_string()))?;
+    Ok((Box::new(lora), optimizer))
+}
+
 /// The method of an adapter config (by its `peft_type`).
 pub fn method(config: &Value) -> Result<&'static dyn Method> {
     Ok(find(&methods(), |m| *m, config)?)

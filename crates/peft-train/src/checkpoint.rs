@@ -1,0 +1,174 @@
+//! Training checkpoints: a PEFT adapter folder plus what resuming needs.
+//!
+//! `<out>/checkpoint-<step>/` holds `adapter_config.json` + `adapter_model.safetensors` (the
+//! adapter only; the frozen base is never written), `optimizer.bpk` (burn's optimizer record),
+//! and `trainer_state.json`: the step, the settings that fix the data order and the schedule,
+//! the model's fingerprint, and each trainable parameter's id by path (the optimizer record is
+//! keyed by parameter id).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// File name of the trainer state.
+pub const STATE_NAME: &str = "trainer_state.json";
+/// File name of the optimizer record.
+pub const OPTIMIZER_NAME: &str = "optimizer.bpk";
+
+/// `trainer_state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Steps of the whole run.
+    pub total_steps: usize,
+    /// Identifies the base model (its `config.json`), so that a checkpoint is not resumed on
+    /// another model.
+    pub model_fingerprint: String,
+    /// The settings a resumed run must keep: batch, accumulation, shuffle seed, schedule, data.
+    pub run: BTreeMap<String, serde_json::Value>,
+    /// Trainable parameter ids by module path.
+    pub param_ids: BTreeMap<String, u64>,
+}
+
+impl TrainerState {
+    /// Reads `dir/trainer_state.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(STATE_NAME);
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Resume {
+            path: dir.into(),
+            message: format!("not a training checkpoint ({STATE_NAME}: {e})"),
+        })?;
+        serde_json::from_str(&text).map_err(|e| TrainError::Resume {
+            path: path.clone(),
+            message: format!("malformed: {e}"),
+        })
+    }
+
+    /// Checks that this checkpoint belongs to the same model and run settings.
+    pub fn check(
+        &self,
+        dir: &Path,
+        fingerprint: &str,
+        run: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<()> {
+        let err = |message: String| TrainError::Resume {
+            path: dir.into(),
+            message,
+        };
+        if self.model_fingerprint != fingerprint {
+            return Err(err(
+                "this checkpoint was trained on another model (its config.json differs)".into(),
+            ));
+        }
+        for (key, value) in run {
+            if self.run.get(key) != Some(value) {
+                return Err(err(format!(
+                    "--{key} was {} in this run, now {value}; a resumed run must keep it",
+                    self.run
+                        .get(key)
+                        .map(ToString::to_string)
+                        .unwrap_or("unset".into())
+                )));
+            }
+        }
+        if self.step > self.total_steps {
+            return Err(err(format!(
+                "step {} is past the run's {} steps",
+                self.step, self.total_steps
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Paths {
+    names: Vec<String>,
+    ids: BTreeMap<String, u64>,
+}
+
+impl ModuleVisitor for Paths {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.names.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.names.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if param.is_require_grad() {
+            self.ids.insert(self.names.join("."), param.id.val());
+        }
+    }
+}
+
+/// Ids of `model`'s trainable parameters by path.
+pub fn param_ids<M: Module>(model: &M) -> BTreeMap<String, u64> {
+    let mut v = Paths::default();
+    model.visit(&mut v);
+    v.ids
+}
+
+struct SetIds<'a> {
+    names: Vec<String>,
+    ids: &'a BTreeMap<String, u64>,
+}
+
+impl ModuleMapper for SetIds<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.names.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.names.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        match self.ids.get(&self.names.join(".")) {
+            Some(id) => {
+                let mut param = param;
+                param.id = ParamId::from(*id);
+                param
+            }
+            None => param,
+        }
+    }
+}
+
+/// Gives `model`'s parameters the ids recorded in a checkpoint (matched by path), so that the
+/// checkpoint's optimizer record applies to them.
+pub fn restore_param_ids<M: Module>(model: M, ids: &BTreeMap<String, u64>) -> M {
+    model.map(&mut SetIds {
+        names: Vec::new(),
+        ids,
+    })
+}
+
+/// The folder of the checkpoint after `step`.
+pub fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
+    out.join(format!("checkpoint-{step}"))
+}
+
+/// Writes a checkpoint through a temporary folder and a rename, so that `dir` holds either the
+/// previous checkpoint or the complete new one. `fill` writes the folder's files.
+pub fn write_checkpoint(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
+    let tmp = parent.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    fill(&tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))
+}
