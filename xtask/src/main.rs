@@ -168,6 +168,36 @@ fn verify(python: &str) -> Result<(), String> {
             .arg(dir.join("logits.safetensors"))
             .env("BURN_DEVICE", "flex"))?;
     }
+    // `peft train` on the training fixture's model and data, one folder per method.
+    let train = root().join("fixtures/train");
+    for method in ["lora", "dora", "miss"] {
+        let dir = out.join(format!("peft_train@{method}"));
+        run(Command::new(target.join("debug/peft"))
+            .arg("train")
+            .arg("--model")
+            .arg(train.join("model"))
+            .arg("--data")
+            .arg(train.join("data/completion.jsonl"))
+            .arg("--eval")
+            .arg(train.join("data/valid.jsonl"))
+            .arg("--out")
+            .arg(dir.join("trained"))
+            .args([
+                "--method", method, "--steps", "20", "--lr", "1e-2", "--quiet",
+            ])
+            .env("BURN_DEVICE", "flex"))?;
+        run(Command::new(target.join("debug/peft"))
+            .arg("forward")
+            .arg("--model")
+            .arg(train.join("model"))
+            .arg("--adapter")
+            .arg(dir.join("trained"))
+            .arg("--input-ids")
+            .arg(models.join("inputs.safetensors"))
+            .arg("--out")
+            .arg(dir.join("logits.safetensors"))
+            .env("BURN_DEVICE", "flex"))?;
+    }
     for case in ["opt_bone_default", "opt_bone_bat"] {
         run(Command::new(target.join("debug/peft"))
             .arg("convert")

@@ -148,13 +148,13 @@ mod tests {
             .ids
             .into_data()
             .convert::<i64>()
-            .to_vec::<i64>()
+            .try_to_vec::<i64>()
             .unwrap();
         let t = batch
             .targets
             .into_data()
             .convert::<i64>()
-            .to_vec::<i64>()
+            .try_to_vec::<i64>()
             .unwrap();
         assert_eq!(ids, vec![5, 6, 7, 8, 0, 0]);
         assert_eq!(t, vec![6, 7, IGNORE, IGNORE, IGNORE, IGNORE]);

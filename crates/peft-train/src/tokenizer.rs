@@ -8,6 +8,9 @@ use tokenizers::Tokenizer;
 
 use crate::error::{Result, TrainError};
 
+/// Token ids and the byte range of the text each came from.
+pub type Encoded = (Vec<u32>, Vec<(usize, usize)>);
+
 /// A tokenizer as transformers' `AutoTokenizer` sees a model folder: `tokenizer.json` (the
 /// pipeline, run by the `tokenizers` crate) plus `tokenizer_config.json` (bos/eos/pad tokens and
 /// the `chat_template`; a `chat_template.jinja` file next to it wins, as in transformers).
@@ -125,11 +128,7 @@ impl TextTokenizer {
     }
 
     /// Token ids and the byte range of `text` each token came from.
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-        special: bool,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str, special: bool) -> Result<Encoded> {
         let enc = self
             .inner
             .encode(text, special)
