@@ -8,6 +8,7 @@
 //! cargo xtask fixtures --verify-only [--python PY]      # the round trip alone, no regeneration
 //! cargo xtask bench [--quick] [--models 125m,350m,1.3b] [--backend B] [--vs-pytorch] # method comparison guide
 //! cargo xtask bench criterion [criterion args]          # per-layer criterion benches
+//! cargo xtask bench train [--batch B] [--seq S] [--steps N] [--rounds R]  # peft train's engine vs a hand-written loop
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -282,8 +283,16 @@ fn main() -> ExitCode {
                 .args(&args[2..]);
             run(default_flex(&mut cmd))
         }
+        Some("bench") if args.get(1).map(String::as_str) == Some("train") => {
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "-p", "peft-benches", "--bin", "train-bench", "--features"])
+                .arg(TEST_FEATURES)
+                .arg("--")
+                .args(&args[2..]);
+            run(default_flex(&mut cmd))
+        }
         Some("bench") => guide(&args[1..]),
-        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify | --verify-only] | bench [--quick] [--models M] [--methods K] [--backend B] [--vs-pytorch [--python PY]] | bench criterion [args]>".into()),
+        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify | --verify-only] | bench [--quick] [--models M] [--methods K] [--backend B] [--vs-pytorch [--python PY]] | bench criterion [args] | bench train [args]>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
