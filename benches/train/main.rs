@@ -99,6 +99,7 @@ fn main() {
         out: dir.clone(),
         metrics: None,
         progress: false,
+        devices: Vec::new(),
     };
     let device = Device::default().autodiff();
     let ckpt_device = Device::default().autodiff().gradient_checkpointing();

@@ -84,6 +84,15 @@ pub enum Command {
     /// schedules and clipping follow transformers' Trainer. The adapter folder loads in PEFT's
     /// `PeftModel.from_pretrained` and `AutoPeftModelForCausalLM`.
     Train(Box<TrainCmd>),
+    /// Generate text from a prompt with a model and, optionally, an adapter of any method.
+    ///
+    /// The prompt is encoded as transformers' tokenizer does (with its special tokens); with
+    /// --messages it is the conversation rendered by the tokenizer's chat template with the
+    /// assistant's header appended. Greedy by default (equal to transformers' greedy
+    /// `generate`); --temperature samples, with --top-p and a --seed that makes it repeatable.
+    /// Text streams to stdout as it comes; generation stops at the model's end-of-sequence
+    /// token, after --max-new-tokens, or at the model's last position.
+    Generate(Box<GenerateCmd>),
     /// Convert an adapter folder into another file format of its method: a Bone folder
     /// (`peft_type` BONE, PEFT ≤ 0.18) into MiSS (PEFT ≥ 0.17) or back, as PEFT's
     /// `convert-bone-to-miss.py` does; tensor bytes are copied unchanged. Methods with one format
@@ -198,6 +207,13 @@ pub struct TrainCmd {
     /// Recompute activations in the backward pass instead of keeping them (less memory).
     #[arg(long)]
     pub checkpointing: bool,
+    /// Devices, comma-separated: flex, ndarray, wgpu, wgpu:N (discrete GPU N), cuda:N. Several
+    /// devices train data-parallel: each runs --grad-accum micro-batches of every step, the
+    /// gradients are summed on the first, which holds the optimizer (an optimizer step sees
+    /// batch × grad-accum × devices examples) [default: BURN_DEVICE, else the first backend
+    /// compiled in].
+    #[arg(long)]
+    pub devices: Option<String>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -227,6 +243,7 @@ impl TrainCmd {
             no_truncate: self.no_truncate,
             resume: self.resume,
             checkpointing: self.checkpointing,
+            devices: self.devices,
             settings: peft_train::TrainSettings {
                 steps: 0,
                 batch: self.batch,
@@ -242,9 +259,48 @@ impl TrainCmd {
                 out: self.out,
                 metrics: self.metrics,
                 progress: !self.quiet,
+                devices: Vec::new(),
             },
         }
     }
+}
+
+/// `peft generate`'s flags.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "messages"])))]
+pub struct GenerateCmd {
+    /// The transformers checkpoint folder (`config.json` + weights, and the tokenizer).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// An adapter folder of any method (LoRA, DoRA, MiSS, Bone, LoRA-FA-trained).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Merge the adapter into the weights first.
+    #[arg(long, requires = "adapter")]
+    pub merge: bool,
+    /// The folder with `tokenizer.json` [default: --model].
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// The prompt text.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// A JSON file with a conversation: a list of {"role", "content"} objects, or an object
+    /// with such a list under "messages".
+    #[arg(long)]
+    pub messages: Option<PathBuf>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sample with this temperature instead of decoding greedily.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling: keep the likeliest tokens up to this total probability (with
+    /// --temperature).
+    #[arg(long, default_value_t = 1.0, requires = "temperature")]
+    pub top_p: f64,
+    /// Seed of the sampler (with --temperature).
+    #[arg(long, default_value_t = 0, requires = "temperature")]
+    pub seed: u64,
 }
 
 /// `--dtype` values.

@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor};
-use peft_core::io::read_config_json;
-use peft_core::method::AttachOptions;
 use peft_models::{AnyCausalLm, CausalLm, with_model};
 
 use crate::error::{CliError, Result};
@@ -43,17 +41,7 @@ fn run<M: CausalLm + 'static>(
     merge: bool,
     ids: Tensor<2, Int>,
 ) -> Result<Tensor<3>> {
-    let Some(adapter) = adapter else {
-        return Ok(model.forward(ids));
-    };
-    let config = read_config_json(adapter)?;
-    let method = registry::attach_method::<M>(&config)?;
-    let adapted = method.load(model, adapter, &AttachOptions::default())?;
-    Ok(if merge {
-        adapted.merge_and_unload()?.forward(ids)
-    } else {
-        adapted.model().forward(ids)
-    })
+    Ok(registry::apply_adapter(model, adapter, merge)?.forward(ids))
 }
 
 /// Computes logits `[batch, seq, vocab]` (f32) and writes them as `logits` to `out`.

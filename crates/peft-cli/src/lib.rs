@@ -15,6 +15,7 @@ pub mod cli;
 pub mod convert;
 pub mod error;
 pub mod forward;
+pub mod generate;
 pub mod inspect;
 pub mod merge;
 pub mod registry;

@@ -7,7 +7,7 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use peft_cli::cli::{Cli, Command};
 use peft_cli::error::Result;
-use peft_cli::{convert, forward, inspect, merge, train};
+use peft_cli::{convert, forward, generate, inspect, merge, train};
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -56,6 +56,13 @@ fn run(cli: Cli) -> Result<()> {
                 report.tokens_per_s,
                 args.settings.out.display()
             );
+        }
+        Command::Generate(cmd) => {
+            let mut stdout = std::io::stdout().lock();
+            let out = generate::generate(&cmd, &mut stdout)?;
+            if out.finish == peft_train::generate::Finish::Positions {
+                eprintln!("peft: stopped at the model's last position");
+            }
         }
         Command::Convert { input, output, to } => {
             let written = convert::convert(&input, &output, to.as_deref())?;

@@ -54,7 +54,7 @@ pub fn lorafa<M: Module + 'static>(
     let optimizer = peft_lorafa::LoraFaOptimizerConfig::new()
         .with_weight_decay(weight_decay)
         .init(&lora)
-        .map_err(|e| crate::error::CliError::Usage(e.to_string()))?;
+        .map_err(|e| peft_core::PeftError::Method(Box::new(e)))?;
     Ok((Box::new(lora), optimizer))
 }
 
@@ -66,6 +66,29 @@ pub fn method(config: &Value) -> Result<&'static dyn Method> {
 /// The method of an adapter config, able to attach to a model of type `M`.
 pub fn attach_method<M: Module + 'static>(config: &Value) -> Result<&'static dyn AttachMethod<M>> {
     Ok(find(&attach_methods::<M>(), |m| *m as &dyn Method, config)?)
+}
+
+/// `model` with the adapter folder `adapter` of any registered method attached (`merge`: folded
+/// into the weights), or `model` itself when there is no adapter.
+pub fn apply_adapter<M: Module + 'static>(
+    model: M,
+    adapter: Option<&std::path::Path>,
+    merge: bool,
+) -> Result<M> {
+    let Some(dir) = adapter else {
+        return Ok(model);
+    };
+    let config = peft_core::io::read_config_json(dir)?;
+    let adapted = attach_method::<M>(&config)?.load(
+        model,
+        dir,
+        &peft_core::method::AttachOptions::default(),
+    )?;
+    Ok(if merge {
+        adapted.merge_and_unload()?
+    } else {
+        adapted.model().clone()
+    })
 }
 
 #[cfg(test)]

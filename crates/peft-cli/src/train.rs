@@ -60,6 +60,8 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     /// Recompute activations in the backward pass instead of keeping them.
     pub checkpointing: bool,
+    /// `--devices`: comma-separated device names (`None`: the default device).
+    pub devices: Option<String>,
     /// The driver's settings (steps filled in here).
     pub settings: TrainSettings,
 }
@@ -106,10 +108,22 @@ pub fn fingerprint(model_dir: &Path) -> Result<String> {
 
 /// Runs `peft train`; returns the report and the adapter folder written.
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
-    let mut device = Device::default().autodiff();
-    if args.checkpointing {
-        device = device.gradient_checkpointing();
-    }
+    let devices = match &args.devices {
+        Some(list) => peft_core::device::parse_devices(list)?,
+        None => vec![Device::default()],
+    };
+    let devices: Vec<Device> = devices
+        .into_iter()
+        .map(|d| {
+            let d = d.autodiff();
+            if args.checkpointing {
+                d.gradient_checkpointing()
+            } else {
+                d
+            }
+        })
+        .collect();
+    let device = devices[0].clone();
     let tok_dir = args.tokenizer.clone().unwrap_or_else(|| args.model.clone());
     let tok = TextTokenizer::from_dir(&tok_dir)?;
     let model = AnyCausalLm::load(&args.model, &device)?;
@@ -150,14 +164,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         }
     }
     let mut settings = args.settings.clone();
-    settings.steps = args.steps.unwrap_or_else(|| {
-        TrainSettings::steps_for_epochs(
-            args.epochs,
-            train_data.examples.len(),
-            settings.batch,
-            settings.grad_accum,
-        )
-    });
+    settings.devices = devices;
+    settings.steps = args
+        .steps
+        .unwrap_or_else(|| settings.steps_for_epochs(args.epochs, train_data.examples.len()));
     settings.check()?;
     let fp = fingerprint(&args.model)?;
     let resume = args

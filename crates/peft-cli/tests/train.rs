@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use burn::tensor::TensorData;
 use peft_cli::cli::{Cli, Command as Cmd};
@@ -15,13 +14,8 @@ use peft_train::data::{DataOptions, read_jsonl};
 use peft_train::tokenizer::TextTokenizer;
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/train"))
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
+mod common;
+use common::{assert_one_line_error, fixtures, peft_cmd, s, tokenizer_without_template};
 
 /// The `peft train` arguments of a fixture case (as `case.json` records them).
 fn case_args(name: &str, out: &Path) -> Vec<String> {
@@ -67,6 +61,12 @@ fn case_args(name: &str, out: &Path) -> Vec<String> {
         });
     }
     args
+}
+
+/// Sets the value of `flag` in `args`.
+fn set_arg(args: &mut [String], flag: &str, value: &str) {
+    let i = args.iter().position(|a| a == flag).unwrap();
+    args[i + 1] = value.into();
 }
 
 fn train(args: &[String]) -> TrainReport {
@@ -156,21 +156,33 @@ fn training_equals_peft_step_for_step() {
 fn accumulation_2x2_equals_4x1() {
     let out = tempfile::tempdir().unwrap();
     let mut args = case_args("accum_2x2", out.path());
-    let i = args.iter().position(|a| a == "--batch").unwrap();
-    args[i + 1] = "4".into();
-    let j = args.iter().position(|a| a == "--grad-accum").unwrap();
-    args[j + 1] = "1".into();
+    set_arg(&mut args, "--batch", "4");
+    set_arg(&mut args, "--grad-accum", "1");
     let report = train(&args);
     assert_losses_close(&report.losses, &peft_losses("accum_2x2"), 2e-3);
     assert_adapters_close(out.path(), &fixtures().join("cases/accum_2x2/final"), 2e-3);
+}
+
+/// Data parallelism: two devices with one micro-batch each equal one device accumulating two
+/// (PEFT's 2×2 run), as PyTorch's DDP does.
+#[test]
+fn two_devices_equal_accumulating_two_micro_batches() {
+    let backend = std::env::var("BURN_DEVICE").unwrap_or_else(|_| "flex".into());
+    let out = tempfile::tempdir().unwrap();
+    let mut args = case_args("accum_2x2", out.path());
+    set_arg(&mut args, "--grad-accum", "1");
+    args.extend(["--devices".into(), format!("{backend},{backend}")]);
+    let report = train(&args);
+    // Tighter than the parity bound: three devices (other data) already differ by 2e-3.
+    assert_losses_close(&report.losses, &peft_losses("accum_2x2"), 1e-4);
+    assert_adapters_close(out.path(), &fixtures().join("cases/accum_2x2/final"), 1e-4);
 }
 
 #[test]
 fn five_plus_five_steps_equal_ten() {
     let straight = tempfile::tempdir().unwrap();
     let mut args = case_args("lora_all_rslora", straight.path());
-    let i = args.iter().position(|a| a == "--steps").unwrap();
-    args[i + 1] = "10".into();
+    set_arg(&mut args, "--steps", "10");
     // Shuffled order, so that resuming must also find its place in the data.
     args.retain(|a| a != "--no-shuffle");
     let full = train(&args);
@@ -231,15 +243,6 @@ fn tokenization_follows_the_contract() {
     }
 }
 
-fn peft_cmd(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_peft"))
-        .env("BURN_DEVICE", "flex")
-        .args(args)
-        .output()
-        .unwrap();
-    (out.status.success(), String::from_utf8(out.stderr).unwrap())
-}
-
 #[test]
 fn bad_input_is_one_line_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -249,18 +252,7 @@ fn bad_input_is_one_line_and_writes_nothing() {
         std::fs::write(&p, text).unwrap();
         s(&p)
     };
-    let no_template = dir.path().join("no_template");
-    std::fs::create_dir(&no_template).unwrap();
-    std::fs::copy(
-        fixtures().join("model/tokenizer.json"),
-        no_template.join("tokenizer.json"),
-    )
-    .unwrap();
-    std::fs::write(
-        no_template.join("tokenizer_config.json"),
-        r#"{"eos_token": "</s>", "pad_token": "<pad>"}"#,
-    )
-    .unwrap();
+    let no_template = tokenizer_without_template(dir.path());
     let chat = s(&fixtures().join("data/chat.jsonl"));
     let text = s(&fixtures().join("data/text.jsonl"));
     let other_model = fixtures().join("../models/llama/checkpoint");
@@ -347,6 +339,15 @@ fn bad_input_is_one_line_and_writes_nothing() {
             vec!["--data".into(), write("void.jsonl", "\n")],
             &["void.jsonl", "no examples"],
         ),
+        (
+            vec![
+                "--data".into(),
+                text.clone(),
+                "--devices".into(),
+                "flex,tpu:0".into(),
+            ],
+            &["device `tpu:0`", "unknown backend"],
+        ),
     ];
     for (extra, needles) in cases {
         let out = dir.path().join("out");
@@ -361,15 +362,7 @@ fn bad_input_is_one_line_and_writes_nothing() {
         args.extend(extra);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let (ok, stderr) = peft_cmd(&refs);
-        assert!(!ok, "{args:?} succeeded");
-        assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
-        assert!(
-            stderr.starts_with("peft: error: ") && !stderr.contains("panicked"),
-            "{stderr}"
-        );
-        for n in needles {
-            assert!(stderr.contains(n), "{args:?}: {stderr:?} lacks {n:?}");
-        }
+        assert_one_line_error(&refs, ok, &stderr, needles);
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
     // A checkpoint resumed on another model.

@@ -16,6 +16,14 @@ pub enum PeftError {
         #[source]
         source: Box<regex::Error>,
     },
+    /// A device name that is malformed or names a backend this build does not have.
+    #[error("device `{spec}`: {reason}")]
+    Device {
+        /// The name as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A config value is out of range or contradicts another one.
     #[error("invalid config: {0}")]
     InvalidConfig(String),

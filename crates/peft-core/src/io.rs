@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde_json::Value;
 
 use crate::error::{PeftError, Result};
+use crate::paths::{PathMapper, PathVisitor, dotted, map_with_paths, visit_with_paths};
 
 /// File name of the adapter weights.
 pub const WEIGHTS_NAME: &str = "adapter_model.safetensors";
@@ -188,19 +189,12 @@ pub fn read_params<M: Module>(
     wanted: impl Fn(&str) -> bool,
 ) -> BTreeMap<String, TensorData> {
     struct Collect<F> {
-        names: Vec<String>,
         wanted: F,
         out: BTreeMap<String, TensorData>,
     }
-    impl<F: Fn(&str) -> bool> ModuleVisitor for Collect<F> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.names.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.names.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let path = self.names.join(".");
+    impl<F: Fn(&str) -> bool> PathVisitor for Collect<F> {
+        fn visit_float<const D: usize>(&mut self, path: &[String], param: &Param<Tensor<D>>) {
+            let path = dotted(path);
             if (self.wanted)(&path) {
                 self.out
                     .insert(path, param.base().into_data().convert::<f32>());
@@ -208,11 +202,10 @@ pub fn read_params<M: Module>(
         }
     }
     let mut c = Collect {
-        names: vec![],
         wanted,
         out: BTreeMap::new(),
     };
-    model.visit(&mut c);
+    visit_with_paths(model, &mut c);
     c.out
 }
 
@@ -220,19 +213,16 @@ pub fn read_params<M: Module>(
 /// ids, devices and trainability. Names that are not parameters of the model are an error.
 pub fn replace_params<M: Module>(model: M, mut values: BTreeMap<String, TensorData>) -> Result<M> {
     struct Replace {
-        names: Vec<String>,
         values: BTreeMap<String, TensorData>,
         error: Option<PeftError>,
     }
-    impl ModuleMapper for Replace {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.names.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.names.pop();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let path = self.names.join(".");
+    impl PathMapper for Replace {
+        fn map_float<const D: usize>(
+            &mut self,
+            path: &[String],
+            param: Param<Tensor<D>>,
+        ) -> Param<Tensor<D>> {
+            let path = dotted(path);
             let Some(data) = self.values.remove(&path) else {
                 return param;
             };
@@ -254,11 +244,10 @@ pub fn replace_params<M: Module>(model: M, mut values: BTreeMap<String, TensorDa
         }
     }
     let mut r = Replace {
-        names: vec![],
         values: std::mem::take(&mut values),
         error: None,
     };
-    let model = model.map(&mut r);
+    let model = map_with_paths(model, &mut r);
     if let Some(e) = r.error {
         return Err(e);
     }
@@ -275,21 +264,18 @@ pub type WeightUpdate = Box<dyn FnOnce(Tensor<2>) -> Tensor<2>>;
 /// trainability. Paths that are not rank-2 parameters of the model are an error.
 pub fn update_weights<M: Module>(model: M, updates: HashMap<String, WeightUpdate>) -> Result<M> {
     struct Update {
-        names: Vec<String>,
         updates: HashMap<String, WeightUpdate>,
     }
-    impl ModuleMapper for Update {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.names.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.names.pop();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+    impl PathMapper for Update {
+        fn map_float<const D: usize>(
+            &mut self,
+            path: &[String],
+            param: Param<Tensor<D>>,
+        ) -> Param<Tensor<D>> {
             if D != 2 {
                 return param;
             }
-            let Some(f) = self.updates.remove(&self.names.join(".")) else {
+            let Some(f) = self.updates.remove(&dotted(path)) else {
                 return param;
             };
             param.map(|old| {
@@ -301,11 +287,8 @@ pub fn update_weights<M: Module>(model: M, updates: HashMap<String, WeightUpdate
             })
         }
     }
-    let mut u = Update {
-        names: vec![],
-        updates,
-    };
-    let model = model.map(&mut u);
+    let mut u = Update { updates };
+    let model = map_with_paths(model, &mut u);
     match u.updates.keys().next() {
         Some(name) => Err(PeftError::UnknownModule(name.clone())),
         None => Ok(model),

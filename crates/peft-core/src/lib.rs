@@ -9,6 +9,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod inject;
 pub mod inventory;
@@ -17,6 +18,7 @@ pub mod keymap;
 pub mod method;
 pub mod nn;
 pub mod params;
+pub mod paths;
 pub mod switch;
 pub mod targets;
 

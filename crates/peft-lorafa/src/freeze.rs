@@ -1,25 +1,21 @@
 //! Freezing every LoRA A: LoRA-FA's only change to the model.
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, Param};
 use burn::tensor::Tensor;
+use peft_core::paths::{PathMapper, map_with_paths};
 use peft_lora::{InjectOptions, LoraConfig, LoraModel};
 
 use crate::error::Result;
 
-struct FreezeA {
-    names: Vec<String>,
-}
+struct FreezeA;
 
-impl ModuleMapper for FreezeA {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.names.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.names.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let n = self.names.len();
-        if n >= 2 && self.names[n - 2] == "lora" && self.names[n - 1] == "a" {
+impl PathMapper for FreezeA {
+    fn map_float<const D: usize>(
+        &mut self,
+        path: &[String],
+        param: Param<Tensor<D>>,
+    ) -> Param<Tensor<D>> {
+        if path.ends_with(&["lora".to_string(), "a".to_string()]) {
             param.set_require_grad(false)
         } else {
             param
@@ -30,7 +26,7 @@ impl ModuleMapper for FreezeA {
 /// Freezes the A factor of every LoRA adapter: A keeps its value and gets no gradient, so
 /// autodiff keeps only `x·A` (`[tokens, r]`) for the adapter branch, not `x`.
 pub fn freeze_a<M: Module>(mut lora: LoraModel<M>) -> LoraModel<M> {
-    lora.model = lora.model.map(&mut FreezeA { names: Vec::new() });
+    lora.model = map_with_paths(lora.model, &mut FreezeA);
     lora
 }
 

@@ -1,7 +1,8 @@
 //! `LoraFaOptimizerConfig`: PEFT's `create_lorafa_optimizer` as a burn [`ModuleOptimizer`].
 
-use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
+use burn::module::{Module, Param, ParamGroup, ParamId};
 use burn::optim::ModuleOptimizer;
+use peft_core::paths::{PathVisitor, dotted, visit_with_paths};
 use std::collections::HashMap;
 
 use burn::tensor::Tensor;
@@ -50,19 +51,12 @@ struct Found {
 /// Every LoRA factor of the model, by path (`<module>.weight.lora.{a,b}`).
 #[derive(Default)]
 struct FindFactors {
-    names: Vec<String>,
     found: HashMap<String, Found>,
 }
 
-impl ModuleVisitor for FindFactors {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.names.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.names.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let path = self.names.join(".");
+impl PathVisitor for FindFactors {
+    fn visit_float<const D: usize>(&mut self, path: &[String], param: &Param<Tensor<D>>) {
+        let path = dotted(path);
         if !(path.ends_with(".lora.a") || path.ends_with(".lora.b")) {
             return;
         }
@@ -151,7 +145,7 @@ impl LoraFaOptimizerConfig {
             return Err(LoraFaError::NotLora);
         }
         let mut finder = FindFactors::default();
-        lora.model.visit(&mut finder);
+        visit_with_paths(&lora.model, &mut finder);
         let mut optim = ModuleOptimizer::from(adam);
         let mut a_ids = Vec::new();
         for t in lora.targets() {

@@ -273,6 +273,7 @@ impl LlamaConfig {
             lm_head: (!self.tie_word_embeddings).then(|| linear(d, self.vocab_size, false)),
             rope: self.rope()?,
             eos_token_ids: self.eos(),
+            max_positions: self.max_position_embeddings,
         })
     }
 }
@@ -383,6 +384,10 @@ pub struct LlamaForCausalLm {
     /// End-of-sequence tokens.
     #[module(skip)]
     pub eos_token_ids: Vec<i64>,
+    /// The context the model was trained for (`max_position_embeddings`). RoPE itself has no
+    /// limit, but text beyond it is outside what the model learned.
+    #[module(skip)]
+    pub max_positions: usize,
 }
 
 impl LlamaForCausalLm {
@@ -421,7 +426,7 @@ impl CausalLm for LlamaForCausalLm {
     }
 
     fn max_positions(&self) -> Option<usize> {
-        None
+        Some(self.max_positions)
     }
 
     fn vocab_size(&self) -> usize {

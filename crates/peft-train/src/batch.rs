@@ -16,32 +16,41 @@ pub const IGNORE: i64 = -100;
 pub struct Order {
     n: usize,
     shuffle: Option<u64>,
+    /// The permutation of the epoch last drawn from.
+    cached: Option<(usize, Vec<usize>)>,
 }
 
 impl Order {
     /// `n` examples; `shuffle`: the seed, or `None` for file order.
     pub fn new(n: usize, shuffle: Option<u64>) -> Self {
-        Self { n, shuffle }
+        Self {
+            n,
+            shuffle,
+            cached: None,
+        }
     }
 
     /// Example indices of micro-batch `g` (counted from 0 over the whole run), `batch` each:
     /// stream positions `g·batch … g·batch + batch − 1`.
-    pub fn micro_batch(&self, g: usize, batch: usize) -> Vec<usize> {
-        let mut perm: Option<(usize, Vec<usize>)> = None;
-        (g * batch..(g + 1) * batch)
-            .map(|p| {
-                let (epoch, i) = (p / self.n, p % self.n);
-                match self.shuffle {
-                    None => i,
-                    Some(seed) => {
-                        if perm.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                            perm = Some((epoch, self.permutation(seed, epoch)));
-                        }
-                        perm.as_ref().map(|(_, v)| v[i]).unwrap_or(i)
-                    }
-                }
-            })
-            .collect()
+    pub fn micro_batch(&mut self, g: usize, batch: usize) -> Vec<usize> {
+        (g * batch..(g + 1) * batch).map(|p| self.at(p)).collect()
+    }
+
+    /// The example at stream position `p`.
+    fn at(&mut self, p: usize) -> usize {
+        let (epoch, i) = (p / self.n, p % self.n);
+        let Some(seed) = self.shuffle else {
+            return i;
+        };
+        match &self.cached {
+            Some((e, perm)) if *e == epoch => perm[i],
+            _ => {
+                let perm = self.permutation(seed, epoch);
+                let at = perm[i];
+                self.cached = Some((epoch, perm));
+                at
+            }
+        }
     }
 
     fn permutation(&self, seed: u64, epoch: usize) -> Vec<usize> {
@@ -114,14 +123,14 @@ mod tests {
 
     #[test]
     fn file_order_wraps_around() {
-        let o = Order::new(5, None);
+        let mut o = Order::new(5, None);
         assert_eq!(o.micro_batch(0, 2), vec![0, 1]);
         assert_eq!(o.micro_batch(2, 2), vec![4, 0]);
     }
 
     #[test]
     fn shuffle_is_a_seeded_permutation_per_epoch() {
-        let o = Order::new(6, Some(3));
+        let mut o = Order::new(6, Some(3));
         let mut e0: Vec<usize> = (0..3).flat_map(|g| o.micro_batch(g, 2)).collect();
         let e1: Vec<usize> = (3..6).flat_map(|g| o.micro_batch(g, 2)).collect();
         assert_eq!(

@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, Param, ParamId};
 use burn::tensor::Tensor;
+use peft_core::paths::{PathMapper, PathVisitor, dotted, map_with_paths, visit_with_paths};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -88,46 +89,32 @@ impl TrainerState {
 }
 
 #[derive(Default)]
-struct Paths {
-    names: Vec<String>,
-    ids: BTreeMap<String, u64>,
-}
+struct TrainableIds(BTreeMap<String, u64>);
 
-impl ModuleVisitor for Paths {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.names.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.names.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+impl PathVisitor for TrainableIds {
+    fn visit_float<const D: usize>(&mut self, path: &[String], param: &Param<Tensor<D>>) {
         if param.is_require_grad() {
-            self.ids.insert(self.names.join("."), param.id.val());
+            self.0.insert(dotted(path), param.id.val());
         }
     }
 }
 
 /// Ids of `model`'s trainable parameters by path.
 pub fn param_ids<M: Module>(model: &M) -> BTreeMap<String, u64> {
-    let mut v = Paths::default();
-    model.visit(&mut v);
-    v.ids
+    let mut v = TrainableIds::default();
+    visit_with_paths(model, &mut v);
+    v.0
 }
 
-struct SetIds<'a> {
-    names: Vec<String>,
-    ids: &'a BTreeMap<String, u64>,
-}
+struct SetIds<'a>(&'a BTreeMap<String, u64>);
 
-impl ModuleMapper for SetIds<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.names.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.names.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        match self.ids.get(&self.names.join(".")) {
+impl PathMapper for SetIds<'_> {
+    fn map_float<const D: usize>(
+        &mut self,
+        path: &[String],
+        param: Param<Tensor<D>>,
+    ) -> Param<Tensor<D>> {
+        match self.0.get(&dotted(path)) {
             Some(id) => {
                 let mut param = param;
                 param.id = ParamId::from(*id);
@@ -141,10 +128,7 @@ impl ModuleMapper for SetIds<'_> {
 /// Gives `model`'s parameters the ids recorded in a checkpoint (matched by path), so that the
 /// checkpoint's optimizer record applies to them.
 pub fn restore_param_ids<M: Module>(model: M, ids: &BTreeMap<String, u64>) -> M {
-    model.map(&mut SetIds {
-        names: Vec::new(),
-        ids,
-    })
+    map_with_paths(model, &mut SetIds(ids))
 }
 
 /// The folder of the checkpoint after `step`.

@@ -70,14 +70,7 @@ pub fn data_files(data: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
 /// Reads and tokenizes a JSONL file.
 pub fn read_jsonl(path: &Path, tok: &TextTokenizer, options: DataOptions) -> Result<Dataset> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-    let template = match &tok.chat_template {
-        Some(source) => Some(ChatTemplate::new(
-            source,
-            tok.bos.as_ref().map(|t| t.0.as_str()).unwrap_or(""),
-            tok.eos.as_ref().map(|t| t.0.as_str()).unwrap_or(""),
-        )?),
-        None => None,
-    };
+    let template = tok.template()?;
     let mut examples = Vec::new();
     let mut truncated = 0;
     for (i, line) in text.lines().enumerate() {

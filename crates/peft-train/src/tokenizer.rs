@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use crate::chat::ChatTemplate;
 use crate::error::{Result, TrainError};
 
 /// Token ids and the byte range of the text each came from.
@@ -152,6 +153,15 @@ impl TextTokenizer {
     /// Vocabulary size, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// The compiled chat template, with this tokenizer's bos/eos names (`None`: it has none).
+    pub fn template(&self) -> Result<Option<ChatTemplate>> {
+        let Some(source) = &self.chat_template else {
+            return Ok(None);
+        };
+        let name = |t: &Option<(String, u32)>| t.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+        ChatTemplate::new(source, &name(&self.bos), &name(&self.eos)).map(Some)
     }
 
     /// The id used for padding: `pad_token`, else `eos_token` (as TRL does), else 0.

@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsAccumulator, ModuleOptimizer};
 use burn::tensor::Device;
 use burn_optim::lr_scheduler::LrScheduler;
-use burn_train::{InferenceStep, TrainStep};
+use burn_train::{InferenceStep, TrainOutput, TrainStep};
 use indicatif::{ProgressBar, ProgressStyle};
 use peft_core::method::Adapted;
 use peft_models::CausalLm;
@@ -23,9 +23,10 @@ use crate::checkpoint::{
 };
 use crate::clip::clip_grad_norm;
 use crate::data::Dataset;
+use crate::data::Example;
 use crate::error::{Result, TrainError};
 use crate::schedule::{Schedule, ScheduleKind};
-use crate::step::CausalLmStep;
+use crate::step::{CausalLmStep, StepOutput};
 
 /// How to train.
 #[derive(Debug, Clone)]
@@ -58,17 +59,21 @@ pub struct TrainSettings {
     pub metrics: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Devices that run micro-batches side by side (data parallelism); the model and the
+    /// optimizer live on the first. An optimizer step takes `grad_accum × devices.len()`
+    /// micro-batches, as with PyTorch's DDP. Empty: the model's device alone.
+    pub devices: Vec<Device>,
 }
 
 impl TrainSettings {
     /// Steps that cover `epochs` passes over `examples` examples.
-    pub fn steps_for_epochs(
-        epochs: usize,
-        examples: usize,
-        batch: usize,
-        grad_accum: usize,
-    ) -> usize {
-        (epochs * examples).div_ceil((batch * grad_accum).max(1))
+    pub fn steps_for_epochs(&self, epochs: usize, examples: usize) -> usize {
+        (epochs * examples).div_ceil((self.batch * self.micro_batches()).max(1))
+    }
+
+    /// Micro-batches per optimizer step: `grad_accum` on each device.
+    pub fn micro_batches(&self) -> usize {
+        self.grad_accum * self.devices.len().max(1)
     }
 
     /// Checks ranges.
@@ -98,6 +103,7 @@ impl TrainSettings {
         m.insert("steps".into(), json!(self.steps));
         m.insert("batch".into(), json!(self.batch));
         m.insert("grad-accum".into(), json!(self.grad_accum));
+        m.insert("devices".into(), json!(self.devices.len().max(1)));
         m.insert("lr".into(), json!(self.lr));
         m.insert("weight-decay".into(), json!(self.weight_decay));
         m.insert(
@@ -229,6 +235,42 @@ impl Metrics {
     }
 }
 
+/// Runs one micro-batch per device, side by side, each on a copy of the model forked to its
+/// device (burn-train's multi-device step, gradients gathered by the caller).
+fn parallel_steps<M: CausalLm + 'static>(
+    lm: &CausalLmStep<M>,
+    batches: &[Vec<&Example>],
+    devices: &[Device],
+    pad: u32,
+    normalizer: f32,
+) -> Result<Vec<TrainOutput<StepOutput>>> {
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = batches
+            .iter()
+            .zip(devices)
+            .map(|(examples, dev)| {
+                let model = lm.model.clone();
+                scope.spawn(move || {
+                    let step = CausalLmStep {
+                        model: model.fork(dev),
+                    };
+                    let batch = TokenBatch::new(examples, pad, normalizer, dev);
+                    TrainStep::step(&step, batch)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .zip(devices)
+            .map(|(w, dev)| {
+                w.join().map_err(|_| {
+                    TrainError::Settings(format!("the training step on device {dev:?} panicked"))
+                })
+            })
+            .collect()
+    })
+}
+
 /// Trains `adapted`'s trainable parameters with `optimizer`, then saves the adapter to
 /// `settings.out`. `resume`: continue from a checkpoint whose adapter `adapted` already holds
 /// (with [`Resume::restore_ids`] applied).
@@ -267,7 +309,12 @@ pub fn train<M: CausalLm + 'static>(
         total: settings.steps,
         step: start,
     };
-    let order = Order::new(examples.len(), settings.shuffle);
+    let mut order = Order::new(examples.len(), settings.shuffle);
+    let devices = match settings.devices.as_slice() {
+        [] => vec![device.clone()],
+        list => list.to_vec(),
+    };
+    let micro_batches = settings.micro_batches();
     let mut metrics = Metrics::open(settings.metrics.as_deref(), resume.is_some())?;
     let bar = if settings.progress {
         ProgressBar::new(settings.steps as u64)
@@ -286,8 +333,8 @@ pub fn train<M: CausalLm + 'static>(
     let (mut run_tokens, run_start) = (0usize, Instant::now());
     for step in start..settings.steps {
         let t0 = Instant::now();
-        let micro: Vec<Vec<usize>> = (0..settings.grad_accum)
-            .map(|j| order.micro_batch(step * settings.grad_accum + j, settings.batch))
+        let micro: Vec<Vec<usize>> = (0..micro_batches)
+            .map(|j| order.micro_batch(step * micro_batches + j, settings.batch))
             .collect();
         let normalizer: usize = micro
             .iter()
@@ -297,16 +344,31 @@ pub fn train<M: CausalLm + 'static>(
         let (mut loss, mut tokens) = (0f32, 0usize);
         let mut accumulator = GradientsAccumulator::new();
         let mut single = None;
-        for indices in &micro {
-            let refs: Vec<_> = indices.iter().map(|&i| &examples[i]).collect();
-            let batch = TokenBatch::new(&refs, data.pad, normalizer as f32, &device);
-            let out = TrainStep::step(&lm, batch);
-            loss += out.item.loss;
-            tokens += out.item.tokens;
-            if settings.grad_accum == 1 {
-                single = Some(out.grads);
+        // Micro-batch j runs on device j mod D; a round is one micro-batch per device.
+        for round in micro.chunks(devices.len()) {
+            let batches: Vec<Vec<&Example>> = round
+                .iter()
+                .map(|indices| indices.iter().map(|&i| &examples[i]).collect())
+                .collect();
+            let outputs = if devices.len() == 1 {
+                let batch = TokenBatch::new(&batches[0], data.pad, normalizer as f32, &device);
+                vec![TrainStep::step(&lm, batch)]
             } else {
-                accumulator.accumulate(&lm.model, out.grads);
+                parallel_steps(&lm, &batches, &devices, data.pad, normalizer as f32)?
+            };
+            for out in outputs {
+                loss += out.item.loss;
+                tokens += out.item.tokens;
+                let grads = if devices.len() == 1 {
+                    out.grads
+                } else {
+                    out.grads.to_device(&device, &lm.model)
+                };
+                if micro_batches == 1 {
+                    single = Some(grads);
+                } else {
+                    accumulator.accumulate(&lm.model, grads);
+                }
             }
         }
         if !loss.is_finite() {
