@@ -59,15 +59,9 @@ pub enum Command {
     /// Compute the logits of an OPT or Llama checkpoint, optionally with an adapter, unmerged or
     /// merged, and write them as `logits` `[batch, seq, vocab]` (f32).
     Forward {
-        /// The transformers checkpoint folder (`config.json` + weights).
-        #[arg(long)]
-        model: PathBuf,
-        /// An adapter folder of any method to attach.
-        #[arg(long)]
-        adapter: Option<PathBuf>,
-        /// Merge the adapter into the weights before the forward pass.
-        #[arg(long, requires = "adapter")]
-        merge: bool,
+        /// The model and adapter.
+        #[command(flatten)]
+        run: ModelArgs,
         /// A safetensors file with an I64 or I32 tensor `input_ids` `[batch, seq]`.
         #[arg(long)]
         input_ids: PathBuf,
@@ -93,6 +87,26 @@ pub enum Command {
     /// Text streams to stdout as it comes; generation stops at the model's end-of-sequence
     /// token, after --max-new-tokens, or at the model's last position.
     Generate(Box<GenerateCmd>),
+    /// Answer a data set's questions greedily and report the exact-match accuracy.
+    ///
+    /// Rows are prompt/completion pairs, or `messages` conversations whose last turn is the
+    /// assistant's expected answer. Each answer is generated for at most the expected answer's
+    /// length (+ the end-of-sequence token) and is right when its text, trimmed, equals the
+    /// expected text, trimmed.
+    Eval {
+        /// The model and adapter.
+        #[command(flatten)]
+        run: ModelArgs,
+        /// The folder with `tokenizer.json` [default: --model].
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// The questions (JSONL).
+        #[arg(long)]
+        data: PathBuf,
+        /// Print every question with the model's answer.
+        #[arg(long)]
+        show: bool,
+    },
     /// Convert an adapter folder into another file format of its method: a Bone folder
     /// (`peft_type` BONE, PEFT ≤ 0.18) into MiSS (PEFT ≥ 0.17) or back, as PEFT's
     /// `convert-bone-to-miss.py` does; tensor bytes are copied unchanged. Methods with one format
@@ -126,6 +140,10 @@ pub struct TrainCmd {
     /// Validation data (default: valid.jsonl in a --data folder).
     #[arg(long)]
     pub eval: Option<PathBuf>,
+    /// Questions (prompt/completion or messages rows) answered greedily before and after
+    /// training; prints the exact-match accuracy of both.
+    #[arg(long)]
+    pub test: Option<PathBuf>,
     /// The method: lora, dora, lora-fa (LoRA with frozen A and PEFT's LoRA-FA optimizer), miss
     /// or bone.
     #[arg(long, default_value = "lora")]
@@ -226,6 +244,7 @@ impl TrainCmd {
             model: self.model,
             data: self.data,
             eval: self.eval,
+            test: self.test,
             tokenizer: self.tokenizer,
             adapter: crate::train::AdapterSpec {
                 method: self.method,
@@ -265,11 +284,10 @@ impl TrainCmd {
     }
 }
 
-/// `peft generate`'s flags.
+/// The model and the adapter a command runs (`forward`, `generate`, `eval`).
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "messages"])))]
-pub struct GenerateCmd {
-    /// The transformers checkpoint folder (`config.json` + weights, and the tokenizer).
+pub struct ModelArgs {
+    /// The transformers checkpoint folder (`config.json` + weights; for text, its tokenizer).
     #[arg(long)]
     pub model: PathBuf,
     /// An adapter folder of any method (LoRA, DoRA, MiSS, Bone, LoRA-FA-trained).
@@ -278,6 +296,15 @@ pub struct GenerateCmd {
     /// Merge the adapter into the weights first.
     #[arg(long, requires = "adapter")]
     pub merge: bool,
+}
+
+/// `peft generate`'s flags.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "messages"])))]
+pub struct GenerateCmd {
+    /// The model and adapter.
+    #[command(flatten)]
+    pub run: ModelArgs,
     /// The folder with `tokenizer.json` [default: --model].
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,

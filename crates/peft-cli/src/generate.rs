@@ -59,9 +59,9 @@ pub fn prompt_ids(
 /// Runs `peft generate`, writing the text to `out` as it comes.
 pub fn generate(cmd: &GenerateCmd, out: &mut dyn Write) -> Result<Generation> {
     let device = Device::default();
-    let tok = TextTokenizer::from_dir(cmd.tokenizer.as_deref().unwrap_or(&cmd.model))?;
+    let tok = TextTokenizer::from_dir(cmd.tokenizer.as_deref().unwrap_or(&cmd.run.model))?;
     let ids = prompt_ids(&tok, cmd.prompt.as_deref(), cmd.messages.as_deref())?;
-    let model = AnyCausalLm::load(&cmd.model, &device)?;
+    let model = AnyCausalLm::load(&cmd.run.model, &device)?;
     let mut stop: Vec<u32> = with_model!(&model, m => m.eos_token_ids())
         .into_iter()
         .filter_map(|id| u32::try_from(id).ok())
@@ -88,7 +88,7 @@ fn stream<M: CausalLm + 'static>(
     options: &GenerateOptions,
     out: &mut dyn Write,
 ) -> Result<Generation> {
-    let model = registry::apply_adapter(model, cmd.adapter.as_deref(), cmd.merge)?;
+    let model = registry::apply_adapter(model, cmd.run.adapter.as_deref(), cmd.run.merge)?;
     let mut text = TextStream::default();
     let stdout_err = |e: std::io::Error| CliError::io("write", Path::new("<stdout>"), e);
     let generation = run(&model, ids, options, |id| {

@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod convert;
 pub mod error;
+pub mod eval;
 pub mod forward;
 pub mod generate;
 pub mod inspect;

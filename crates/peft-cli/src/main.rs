@@ -1,22 +1,40 @@
 //! `peft`: inspect, merge, run and convert PEFT adapters. Every failure is one line on stderr
 //! and a non-zero exit status.
 
+use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
 use peft_cli::cli::{Cli, Command};
 use peft_cli::error::Result;
-use peft_cli::{convert, forward, generate, inspect, merge, train};
+use peft_cli::{convert, eval, forward, generate, inspect, merge, train};
+
+/// Prints a line to stdout. A closed pipe (`peft eval --show | head`) ends the program quietly,
+/// as Unix tools do, instead of panicking.
+fn say(text: std::fmt::Arguments<'_>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => {
+            other.map_err(|e| peft_cli::error::CliError::io("write", Path::new("<stdout>"), e))
+        }
+    }
+}
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { adapter, json } => {
             let report = inspect::inspect(&adapter)?;
             if json {
-                println!("{}", report.json());
+                say(format_args!("{}", report.json()))?;
             } else {
-                println!("adapter:         {}\n{}", adapter.display(), report.text());
+                say(format_args!(
+                    "adapter:         {}\n{}",
+                    adapter.display(),
+                    report.text()
+                ))?;
             }
         }
         Command::Merge {
@@ -34,12 +52,16 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("peft: merged {changed} tensors into {}", out.display());
         }
         Command::Forward {
-            model,
-            adapter,
-            merge,
+            run,
             input_ids,
             out,
-        } => forward::forward(&model, adapter.as_deref(), merge, &input_ids, &out)?,
+        } => forward::forward(
+            &run.model,
+            run.adapter.as_deref(),
+            run.merge,
+            &input_ids,
+            &out,
+        )?,
         Command::Train(cmd) => {
             let args = cmd.into_args();
             let report = train::train(&args)?;
@@ -56,6 +78,29 @@ fn run(cli: Cli) -> Result<()> {
                 report.tokens_per_s,
                 args.settings.out.display()
             );
+            if let Some((before, after)) = &report.test {
+                say(format_args!("test before training: {before}"))?;
+                say(format_args!("test after training:  {after}"))?;
+            }
+        }
+        Command::Eval {
+            run,
+            tokenizer,
+            data,
+            show,
+        } => {
+            let tok = tokenizer.as_deref().unwrap_or(&run.model);
+            let report = eval::evaluate(&run, tok, &data)?;
+            if show {
+                for a in &report.answers {
+                    let mark = if a.correct { "right" } else { "wrong" };
+                    say(format_args!(
+                        "{mark}  {:?} -> {:?} (expected {:?})",
+                        a.prompt, a.got, a.expected
+                    ))?;
+                }
+            }
+            say(format_args!("{report}"))?;
         }
         Command::Generate(cmd) => {
             let mut stdout = std::io::stdout().lock();

@@ -6,6 +6,7 @@ use burn::tensor::Device;
 use peft_core::method::{Adapted, AttachOptions};
 use peft_models::{AnyCausalLm, CausalLm, with_model};
 use peft_train::data::{DataOptions, data_files, read_jsonl};
+use peft_train::eval::{exact_match, read_questions};
 use peft_train::schedule::ScheduleKind;
 use peft_train::tokenizer::TextTokenizer;
 use peft_train::{Resume, TrainData, TrainReport, TrainSettings};
@@ -44,6 +45,8 @@ pub struct TrainArgs {
     pub data: PathBuf,
     /// Validation file (overrides valid.jsonl).
     pub eval: Option<PathBuf>,
+    /// Test questions answered before and after training.
+    pub test: Option<PathBuf>,
     /// Tokenizer folder (default: the model folder).
     pub tokenizer: Option<PathBuf>,
     /// The adapter.
@@ -188,7 +191,29 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         valid: valid_data.as_ref(),
         pad: tok.pad_id(),
     };
-    with_model!(model, m => run(m, args, &config, resume.as_ref(), data, &settings, &fp))
+    // Test questions are read (and checked) before anything trains.
+    let questions = args
+        .test
+        .as_deref()
+        .map(|p| read_questions(p, &tok))
+        .transpose()?;
+    let before = match &questions {
+        Some(qs) => Some(with_model!(&model, m => exact_match(m, &tok, qs))?),
+        None => None,
+    };
+    let mut report =
+        with_model!(model, m => run(m, args, &config, resume.as_ref(), data, &settings, &fp))?;
+    if let (Some(qs), Some(before)) = (&questions, before) {
+        // The adapter as saved, on a fresh copy of the model: what a user will load.
+        let model = AnyCausalLm::load(&args.model, &device)?;
+        let out = Some(settings.out.as_path());
+        let after = with_model!(model, m => {
+            let adapted = registry::apply_adapter(m, out, false)?;
+            exact_match(&adapted, &tok, qs)
+        })?;
+        report.test = Some((before, after));
+    }
+    Ok(report)
 }
 
 fn run<M: CausalLm + 'static>(

@@ -67,23 +67,36 @@ pub fn data_files(data: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     }
 }
 
+/// The non-empty lines of a JSONL file as JSON values, with their line numbers (from 1). A line
+/// that is not JSON is an error naming the file and line.
+pub fn jsonl_rows(path: &Path) -> Result<Vec<(usize, Value)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map(|row| (i + 1, row))
+                .map_err(|e| TrainError::Data {
+                    path: path.into(),
+                    line: i + 1,
+                    message: format!("not a JSON object: {e}"),
+                })
+        })
+        .collect()
+}
+
 /// Reads and tokenizes a JSONL file.
 pub fn read_jsonl(path: &Path, tok: &TextTokenizer, options: DataOptions) -> Result<Dataset> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let template = tok.template()?;
     let mut examples = Vec::new();
     let mut truncated = 0;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (line, row) in jsonl_rows(path)? {
         let err = |message: String| TrainError::Data {
             path: path.into(),
-            line: i + 1,
+            line,
             message,
         };
-        let row: Value =
-            serde_json::from_str(line).map_err(|e| err(format!("not a JSON object: {e}")))?;
         let mut ex = example(&row, tok, template.as_ref()).map_err(|e| match e {
             TrainError::Settings(m) | TrainError::Template(m) => err(m),
             other => other,

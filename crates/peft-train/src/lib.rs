@@ -10,6 +10,7 @@ pub mod chat;
 pub mod clip;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod loss;
 pub mod schedule;

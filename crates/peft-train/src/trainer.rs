@@ -25,6 +25,7 @@ use crate::clip::clip_grad_norm;
 use crate::data::Dataset;
 use crate::data::Example;
 use crate::error::{Result, TrainError};
+use crate::eval::ExactMatch;
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::step::{CausalLmStep, StepOutput};
 
@@ -171,6 +172,9 @@ pub struct TrainReport {
     pub valid: Vec<(usize, f32)>,
     /// Training tokens per second over the run.
     pub tokens_per_s: f64,
+    /// Exact-match accuracy on a test set before and after training, when the caller
+    /// evaluated one ([`crate::eval`]).
+    pub test: Option<(ExactMatch, ExactMatch)>,
 }
 
 /// Data for a run.
