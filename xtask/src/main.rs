@@ -199,6 +199,43 @@ fn verify(python: &str) -> Result<(), String> {
             .arg(dir.join("logits.safetensors"))
             .env("BURN_DEVICE", "flex"))?;
     }
+    // The README's demo: the adapter `peft train` writes answers the test questions in PEFT
+    // exactly as `peft eval` answers them.
+    let demo = root().join("fixtures/demo");
+    let demo_out = out.join("demo");
+    run(Command::new(target.join("debug/peft"))
+        .arg("train")
+        .arg("--model")
+        .arg(demo.join("model"))
+        .arg("--data")
+        .arg(demo.join("task"))
+        .arg("--out")
+        .arg(demo_out.join("fine-tuned"))
+        .args([
+            "--targets", "all-linear", "--r", "8", "--alpha", "16", "--steps", "100", "--batch",
+            "8", "--lr", "2e-3", "--quiet",
+        ])
+        .env("BURN_DEVICE", "flex"))?;
+    let answers = Command::new(target.join("debug/peft"))
+        .arg("eval")
+        .arg("--model")
+        .arg(demo.join("model"))
+        .arg("--adapter")
+        .arg(demo_out.join("fine-tuned"))
+        .arg("--data")
+        .arg(demo.join("task/test.jsonl"))
+        .arg("--show")
+        .env("BURN_DEVICE", "flex")
+        .output()
+        .map_err(|e| format!("peft eval: {e}"))?;
+    if !answers.status.success() {
+        return Err(format!(
+            "peft eval failed: {}",
+            String::from_utf8_lossy(&answers.stderr)
+        ));
+    }
+    std::fs::write(demo_out.join("answers.txt"), &answers.stdout)
+        .map_err(|e| format!("{}: {e}", demo_out.display()))?;
     for case in ["opt_bone_default", "opt_bone_bat"] {
         run(Command::new(target.join("debug/peft"))
             .arg("convert")
