@@ -11,8 +11,8 @@
 //!   global gradient clipping, metrics bookkeeping, and the adapter saved at the end);
 //! - **loop**: the minimal hand-written loop: forward, burn's cross-entropy on shifted logits,
 //!   backward, `ModuleOptimizer::step` (no clipping, nothing saved);
-//! - **engine + checkpointing**: the engine on an autodiff device with burn's gradient
-//!   checkpointing (memory-bound activations recomputed in the backward pass).
+//! - **engine + checkpointing**: the engine with `--checkpointing` (`recompute`): only each
+//!   decoder block's input is kept, and the block is rerun in the backward pass.
 //!
 //! It reports, per row, the median time per step with its min–max over the rounds, tokens/s,
 //! and the peak heap growth of a run (a counting allocator), and the ratios to the loop.
@@ -100,19 +100,20 @@ fn main() {
         metrics: None,
         progress: false,
         devices: Vec::new(),
+        recompute: false,
+    };
+    let ckpt_settings = TrainSettings {
+        recompute: true,
+        ..settings.clone()
     };
     let device = Device::default().autodiff();
-    let ckpt_device = Device::default().autodiff().gradient_checkpointing();
     let base = match config.init(&device) {
         Ok(m) => m,
         Err(e) => panic!("model: {e}"),
     };
     let mut engine = lora(base.clone());
+    let mut ckpt = lora(base.clone());
     let mut looped = lora(base);
-    let mut ckpt = lora(match config.init(&ckpt_device) {
-        Ok(m) => m,
-        Err(e) => panic!("model: {e}"),
-    });
     let data = TrainData {
         train: &dataset,
         valid: None,
@@ -141,10 +142,12 @@ fn main() {
             let t0 = Instant::now();
             match row {
                 0 | 2 => {
-                    let m = if row == 0 { &mut engine } else { &mut ckpt };
-                    if let Err(e) =
-                        peft_train::train(m, settings.adamw(), data, &settings, "bench", None)
-                    {
+                    let (m, s) = if row == 0 {
+                        (&mut engine, &settings)
+                    } else {
+                        (&mut ckpt, &ckpt_settings)
+                    };
+                    if let Err(e) = peft_train::train(m, s.adamw(), data, s, "bench", None) {
                         panic!("{name}: {e}");
                     }
                 }

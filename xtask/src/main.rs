@@ -212,8 +212,19 @@ fn verify(python: &str) -> Result<(), String> {
         .arg("--out")
         .arg(demo_out.join("fine-tuned"))
         .args([
-            "--targets", "all-linear", "--r", "8", "--alpha", "16", "--steps", "100", "--batch",
-            "8", "--lr", "2e-3", "--quiet",
+            "--targets",
+            "all-linear",
+            "--r",
+            "8",
+            "--alpha",
+            "16",
+            "--steps",
+            "100",
+            "--batch",
+            "8",
+            "--lr",
+            "2e-3",
+            "--quiet",
         ])
         .env("BURN_DEVICE", "flex"))?;
     let answers = Command::new(target.join("debug/peft"))

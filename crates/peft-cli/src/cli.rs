@@ -198,7 +198,8 @@ pub struct TrainCmd {
     /// Clip the gradient norm over the trainable parameters (0: off).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
-    /// Seed of the per-epoch shuffle.
+    /// Seed of the adapter's random initialisation, of dropout and of the per-epoch shuffle: the
+    /// same seed and settings give the same run.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Take batches in file order.
@@ -222,7 +223,9 @@ pub struct TrainCmd {
     /// Write one JSON line per step and per evaluation to this file.
     #[arg(long)]
     pub metrics: Option<PathBuf>,
-    /// Recompute activations in the backward pass instead of keeping them (less memory).
+    /// Keep only each decoder block's input and recompute the block in the backward pass, as
+    /// transformers' gradient checkpointing does: less activation memory for one more forward
+    /// pass of the blocks. Needs the adapter's dropout at 0.
     #[arg(long)]
     pub checkpointing: bool,
     /// Devices, comma-separated: flex, ndarray, wgpu, wgpu:N (discrete GPU N), cuda:N. Several
@@ -245,6 +248,7 @@ impl TrainCmd {
             data: self.data,
             eval: self.eval,
             test: self.test,
+            seed: self.seed,
             tokenizer: self.tokenizer,
             adapter: crate::train::AdapterSpec {
                 method: self.method,
@@ -261,7 +265,6 @@ impl TrainCmd {
             max_len: self.max_len,
             no_truncate: self.no_truncate,
             resume: self.resume,
-            checkpointing: self.checkpointing,
             devices: self.devices,
             settings: peft_train::TrainSettings {
                 steps: 0,
@@ -279,6 +282,7 @@ impl TrainCmd {
                 metrics: self.metrics,
                 progress: !self.quiet,
                 devices: Vec::new(),
+                recompute: self.checkpointing,
             },
         }
     }

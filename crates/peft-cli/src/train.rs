@@ -47,6 +47,8 @@ pub struct TrainArgs {
     pub eval: Option<PathBuf>,
     /// Test questions answered before and after training.
     pub test: Option<PathBuf>,
+    /// Seed of the adapter's initialisation and of dropout (the shuffle's is in `settings`).
+    pub seed: u64,
     /// Tokenizer folder (default: the model folder).
     pub tokenizer: Option<PathBuf>,
     /// The adapter.
@@ -61,8 +63,6 @@ pub struct TrainArgs {
     pub no_truncate: bool,
     /// Continue from this checkpoint.
     pub resume: Option<PathBuf>,
-    /// Recompute activations in the backward pass instead of keeping them.
-    pub checkpointing: bool,
     /// `--devices`: comma-separated device names (`None`: the default device).
     pub devices: Option<String>,
     /// The driver's settings (steps filled in here).
@@ -109,23 +109,33 @@ pub fn fingerprint(model_dir: &Path) -> Result<String> {
     Ok(format!("{hash:016x}"))
 }
 
+/// `--checkpointing` reruns each block in the backward pass; dropout would draw other masks
+/// there, so an adapter config with a dropout above 0 is refused by name.
+fn check_recompute(config: &Value, settings: &TrainSettings) -> Result<()> {
+    if !settings.recompute {
+        return Ok(());
+    }
+    let dropout = config
+        .as_object()
+        .into_iter()
+        .flatten()
+        .find(|(k, v)| k.ends_with("_dropout") && v.as_f64().is_some_and(|p| p > 0.0));
+    match dropout {
+        Some((key, value)) => Err(CliError::Usage(format!(
+            "--checkpointing needs dropout off, and the adapter has `{key}` = {value} (the \
+             recomputed blocks would draw other dropout masks)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Runs `peft train`; returns the report and the adapter folder written.
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     let devices = match &args.devices {
         Some(list) => peft_core::device::parse_devices(list)?,
         None => vec![Device::default()],
     };
-    let devices: Vec<Device> = devices
-        .into_iter()
-        .map(|d| {
-            let d = d.autodiff();
-            if args.checkpointing {
-                d.gradient_checkpointing()
-            } else {
-                d
-            }
-        })
-        .collect();
+    let devices: Vec<Device> = devices.into_iter().map(|d| d.autodiff()).collect();
     let device = devices[0].clone();
     let tok_dir = args.tokenizer.clone().unwrap_or_else(|| args.model.clone());
     let tok = TextTokenizer::from_dir(&tok_dir)?;
@@ -232,20 +242,24 @@ fn run<M: CausalLm + 'static>(
         Some(r) => r.restore_ids(m),
         None => m,
     };
+    // The adapter's config: the folder's when starting from one, else the flags'.
+    let config = match from {
+        Some(dir) => peft_core::io::read_config_json(dir)?,
+        None => config.clone(),
+    };
+    check_recompute(&config, settings)?;
+    // A fresh adapter's random factors (and dropout masks) come from the device's generator.
+    for device in model.devices() {
+        device.seed(args.seed);
+    }
     let (mut adapted, optimizer): (Box<dyn Adapted<M>>, _) = if args.adapter.method == "lora-fa" {
-        let config = match from {
-            Some(dir) => peft_core::io::read_config_json(dir)?,
-            None => config.clone(),
-        };
         registry::lorafa(model, &config, from, prepare, settings.weight_decay)?
     } else {
         let options = AttachOptions::default();
+        let method = registry::attach_method::<M>(&config)?;
         let mut adapted = match from {
-            Some(dir) => {
-                let config = peft_core::io::read_config_json(dir)?;
-                registry::attach_method::<M>(&config)?.load(model, dir, &options)?
-            }
-            None => registry::attach_method::<M>(config)?.inject(model, config, &options)?,
+            Some(dir) => method.load(model, dir, &options)?,
+            None => method.inject(model, &config, &options)?,
         };
         let m = prepare(adapted.model().clone());
         *adapted.model_mut() = m;

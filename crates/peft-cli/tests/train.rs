@@ -163,6 +163,43 @@ fn accumulation_2x2_equals_4x1() {
     assert_adapters_close(out.path(), &fixtures().join("cases/accum_2x2/final"), 2e-3);
 }
 
+/// `--checkpointing` (blocks rerun in the backward pass) computes the same gradients: PEFT's
+/// all-linear run (every block adapted, clipping active) to within float noise.
+#[test]
+fn recomputing_blocks_gives_the_same_run() {
+    let out = tempfile::tempdir().unwrap();
+    let mut args = case_args("lora_all_rslora", out.path());
+    args.push("--checkpointing".into());
+    let report = train(&args);
+    assert_losses_close(&report.losses, &peft_losses("lora_all_rslora"), 1e-5);
+    assert_adapters_close(
+        out.path(),
+        &fixtures().join("cases/lora_all_rslora/final"),
+        1e-5,
+    );
+}
+
+/// The seed fixes a fresh adapter's initialisation: same seed, same adapter; another seed,
+/// another one. (Each run is its own process: burn's generator is global to one.)
+#[test]
+fn a_seed_repeats_a_fresh_run() {
+    let run = |seed: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = case_args("lora_qv", out.path());
+        let i = args.iter().position(|a| a == "--init-adapter").unwrap();
+        args.drain(i..i + 2);
+        set_arg(&mut args, "--steps", "2");
+        args.extend(["--seed".into(), seed.into()]);
+        let refs: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+        let (ok, stderr) = peft_cmd(&refs);
+        assert!(ok, "{stderr}");
+        tensors(out.path())
+    };
+    let a = run("1");
+    assert_eq!(a, run("1"));
+    assert_ne!(a, run("2"));
+}
+
 /// Data parallelism: two devices with one micro-batch each equal one device accumulating two
 /// (PEFT's 2×2 run), as PyTorch's DDP does.
 #[test]
@@ -347,6 +384,16 @@ fn bad_input_is_one_line_and_writes_nothing() {
                 "flex,tpu:0".into(),
             ],
             &["device `tpu:0`", "unknown backend"],
+        ),
+        (
+            vec![
+                "--data".into(),
+                text.clone(),
+                "--dropout".into(),
+                "0.1".into(),
+                "--checkpointing".into(),
+            ],
+            &["--checkpointing", "lora_dropout"],
         ),
     ];
     for (extra, needles) in cases {

@@ -18,6 +18,26 @@ pub trait CausalLm: Module + Sized {
     /// [`max_positions`](Self::max_positions); [`check_ids`](Self::check_ids) says so.
     fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3>;
 
+    /// The first stage of [`forward`](Self::forward): token (and position) embeddings.
+    ///
+    /// `forward(ids)` equals `head(block(n−1, … block(0, embed(ids))))` with
+    /// `n = `[`num_blocks`](Self::num_blocks); training that recomputes activations runs the
+    /// stages one by one.
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch, seq]`; output: `[batch, seq, hidden]`
+    fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3>;
+
+    /// Decoder blocks.
+    fn num_blocks(&self) -> usize;
+
+    /// Decoder block `i`; `[batch, seq, hidden]` → `[batch, seq, hidden]`.
+    fn block(&self, i: usize, x: Tensor<3>) -> Tensor<3>;
+
+    /// The last stage: final norm (and projection) and the LM head;
+    /// `[batch, seq, hidden]` → `[batch, seq, vocab]`.
+    fn head(&self, x: Tensor<3>) -> Tensor<3>;
+
     /// Vocabulary size.
     fn vocab_size(&self) -> usize;
 

@@ -402,22 +402,44 @@ impl LlamaForCausalLm {
     }
 }
 
-impl CausalLm for LlamaForCausalLm {
-    fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        let seq = ids.dims()[1];
-        let device = ids.device();
+impl LlamaForCausalLm {
+    /// RoPE's `cos`/`sin` tables for `seq` positions, `[1, 1, seq, head_dim]`.
+    fn rope_tables(&self, seq: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
         let head_dim = self
             .model
             .layers
             .first()
             .map(|l| l.self_attn.head_dim)
             .unwrap_or(2);
-        let (cos, sin) = self.rope.tables(seq, head_dim, &device);
-        let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
+        let (cos, sin) = self.rope.tables(seq, head_dim, device);
+        (cos.unsqueeze::<4>(), sin.unsqueeze::<4>())
+    }
+}
+
+impl CausalLm for LlamaForCausalLm {
+    fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let (cos, sin) = self.rope_tables(ids.dims()[1], &ids.device());
         let mut x = self.model.embed_tokens.forward(ids);
         for layer in &self.model.layers {
             x = layer.forward(x, &cos, &sin);
         }
+        self.head(x)
+    }
+
+    fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.model.embed_tokens.forward(ids)
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    fn block(&self, i: usize, x: Tensor<3>) -> Tensor<3> {
+        let (cos, sin) = self.rope_tables(x.dims()[1], &x.device());
+        self.model.layers[i].forward(x, &cos, &sin)
+    }
+
+    fn head(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.model.norm.forward(x);
         match &self.lm_head {
             Some(head) => head.forward(x),

@@ -349,10 +349,15 @@ impl OptForCausalLm {
     /// - x: `[batch, seq, hidden_size]`
     /// - output: `[batch, seq, vocab_size]`
     pub fn forward_embeds(&self, mut x: Tensor<3>) -> Tensor<3> {
-        let d = &self.model.decoder;
-        for layer in &d.layers {
+        for layer in &self.model.decoder.layers {
             x = layer.forward(x);
         }
+        self.final_stage(x)
+    }
+
+    /// The final norm, `project_out` and the head.
+    fn final_stage(&self, mut x: Tensor<3>) -> Tensor<3> {
+        let d = &self.model.decoder;
         if let Some(ln) = &d.final_layer_norm {
             x = ln.forward(x);
         }
@@ -368,7 +373,23 @@ impl OptForCausalLm {
 
 impl CausalLm for OptForCausalLm {
     fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.forward_embeds(self.embed(ids))
+        self.forward_embeds(OptForCausalLm::embed(self, ids))
+    }
+
+    fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        OptForCausalLm::embed(self, ids)
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.model.decoder.layers.len()
+    }
+
+    fn block(&self, i: usize, x: Tensor<3>) -> Tensor<3> {
+        self.model.decoder.layers[i].forward(x)
+    }
+
+    fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        self.final_stage(x)
     }
 
     fn max_positions(&self) -> Option<usize> {

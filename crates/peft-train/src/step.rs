@@ -1,6 +1,8 @@
 //! The training and evaluation step as burn-train's [`TrainStep`] / [`InferenceStep`].
 
 use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Tensor;
 use burn_std::ExecutionError;
 use burn_train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use peft_models::CausalLm;
@@ -49,6 +51,92 @@ impl<M: CausalLm + 'static> TrainStep for CausalLmStep<M> {
     }
 }
 
+/// Most logits the recomputing step materialises at once (16 MiB of f32; measured in
+/// `docs/training.md`: smaller slices saved little more and cost more time).
+pub const HEAD_CHUNK_ELEMENTS: usize = 1 << 22;
+
+impl<M: CausalLm + 'static> CausalLmStep<M> {
+    /// The same loss and gradients as [`TrainStep::step`], keeping only each decoder block's
+    /// input instead of every activation: a first pass runs the stages without keeping their
+    /// graphs; the backward pass then reruns one block at a time from its saved input and pushes
+    /// the incoming gradient `g` through it (the gradient of `sum(block(x) ⊙ g)`), as
+    /// `torch.utils.checkpoint` does per block. The head and the loss run over slices of
+    /// positions, so the logits never exist whole either. Peak activation memory drops from all
+    /// blocks and the whole `[tokens, vocab]` logits to one block plus the block inputs, or one
+    /// slice of logits, for one more forward pass of the blocks.
+    ///
+    /// Dropout would draw other masks in the rerun; the caller keeps it off.
+    pub fn step_recomputing(&self, batch: TokenBatch) -> TrainOutput<StepOutput> {
+        self.step_recomputing_with(batch, HEAD_CHUNK_ELEMENTS)
+    }
+
+    /// [`step_recomputing`](Self::step_recomputing) with at most `head_chunk` logits per slice
+    /// of positions (at least one position per slice).
+    pub fn step_recomputing_with(
+        &self,
+        batch: TokenBatch,
+        head_chunk: usize,
+    ) -> TrainOutput<StepOutput> {
+        let model = &self.model;
+        let n = model.num_blocks();
+        // The first pass on the model without autodiff: no graph is recorded at all.
+        let plain = model.valid();
+        let mut inputs = Vec::with_capacity(n);
+        let mut x = plain.embed(batch.ids.clone());
+        for i in 0..n {
+            inputs.push(x.clone());
+            x = plain.block(i, x);
+        }
+        drop(plain);
+        // The head and the loss, a slice of positions at a time: the `[tokens, vocab]` logits
+        // (the largest activations of a language model) never exist whole.
+        let [rows, seq, hidden] = x.dims();
+        let vocab = model.vocab_size().max(1);
+        let chunk = (head_chunk / (rows * vocab).max(1)).clamp(1, seq.max(1));
+        let mut accumulator = GradientsAccumulator::new();
+        let mut loss = 0f32;
+        let mut parts = Vec::with_capacity(seq.div_ceil(chunk));
+        for start in (0..seq).step_by(chunk) {
+            let len = chunk.min(seq - start);
+            let part = x.clone().narrow(1, start, len).autodiff().require_grad();
+            let targets = batch.targets.clone().narrow(1, start, len);
+            let part_loss = causal_lm_loss(model.head(part.clone()), targets, batch.normalizer);
+            loss += part_loss.clone().into_scalar::<f32>();
+            let grads = part_loss.backward();
+            parts.push(
+                part.grad(&grads)
+                    .unwrap_or_else(|| Tensor::zeros([rows, len, hidden], &x.device())),
+            );
+            accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        }
+        let output = StepOutput {
+            loss,
+            labels: batch.labels,
+            tokens: batch.tokens,
+        };
+        let mut upstream = Some(Tensor::cat(parts, 1));
+        for (i, input) in inputs.into_iter().enumerate().rev() {
+            let Some(g) = upstream else { break };
+            let input = input.autodiff().require_grad();
+            let grads = (model.block(i, input.clone()) * g).sum().backward();
+            upstream = input.grad(&grads);
+            accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        }
+        if let Some(g) = upstream {
+            // Only when the embedding has trainable parameters (an adapter or a saved module).
+            let embedded = model.embed(batch.ids);
+            if embedded.is_tracked() {
+                let grads = (embedded * g).sum().backward();
+                accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+            }
+        }
+        TrainOutput {
+            grads: accumulator.grads(),
+            item: output,
+        }
+    }
+}
+
 impl<M: CausalLm + 'static> InferenceStep for CausalLmStep<M> {
     type Input = TokenBatch;
     type Output = StepOutput;
@@ -60,6 +148,71 @@ impl<M: CausalLm + 'static> InferenceStep for CausalLmStep<M> {
             loss: loss.into_scalar::<f32>(),
             labels: batch.labels,
             tokens: batch.tokens,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Device;
+    use peft_models::{LlamaConfig, LlamaForCausalLm};
+
+    use crate::data::Example;
+
+    fn model(tied: bool) -> LlamaForCausalLm {
+        let config: LlamaConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 40, "hidden_size": 16, "intermediate_size": 24,
+            "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "tie_word_embeddings": tied
+        }))
+        .unwrap();
+        config.init(&Device::default().autodiff()).unwrap()
+    }
+
+    /// Largest gradient difference over the parameters, and how many had gradients.
+    struct Compare<'a>(&'a GradientsParams, &'a GradientsParams, f32, usize);
+    impl ModuleVisitor for Compare<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            match (self.0.get::<D>(param.id), self.1.get::<D>(param.id)) {
+                (Some(a), Some(b)) => {
+                    let diff = (a - b).abs().max().into_scalar::<f32>();
+                    self.2 = self.2.max(diff);
+                    self.3 += 1;
+                }
+                (None, None) => {}
+                _ => self.2 = f32::INFINITY,
+            }
+        }
+    }
+
+    #[test]
+    fn recomputing_gives_the_plain_steps_loss_and_gradients() {
+        for tied in [false, true] {
+            let step = CausalLmStep { model: model(tied) };
+            let device = Device::default().autodiff();
+            let examples: Vec<Example> = (0..2)
+                .map(|k| Example {
+                    ids: (0..9 - k).map(|i| (i * 7 + k * 3) as u32 % 40).collect(),
+                    mask: (0..9 - k).map(|i| i % 3 != 0).collect(),
+                })
+                .collect();
+            let refs: Vec<&Example> = examples.iter().collect();
+            let batch = TokenBatch::new(&refs, 0, 7.0, &device);
+            let plain = TrainStep::step(&step, batch.clone());
+            // 2 rows × 40 logits × 2 positions per slice: five slices of the head.
+            let recomputed = step.step_recomputing_with(batch, 160);
+            let (a, b) = (plain.item.loss, recomputed.item.loss);
+            assert!((a - b).abs() <= 1e-6 * a.abs(), "loss {a} vs {b}");
+            let mut compare = Compare(&plain.grads, &recomputed.grads, 0.0, 0);
+            step.model.visit(&mut compare);
+            assert!(compare.3 > 10, "only {} gradients", compare.3);
+            assert!(
+                compare.2 <= 1e-6,
+                "tied {tied}: gradients differ by {}",
+                compare.2
+            );
         }
     }
 }

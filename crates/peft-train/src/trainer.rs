@@ -60,6 +60,9 @@ pub struct TrainSettings {
     pub metrics: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Recompute activations block by block in the backward pass instead of keeping them
+    /// ([`CausalLmStep::step_recomputing`]); needs dropout off.
+    pub recompute: bool,
     /// Devices that run micro-batches side by side (data parallelism); the model and the
     /// optimizer live on the first. An optimizer step takes `grad_accum × devices.len()`
     /// micro-batches, as with PyTorch's DDP. Empty: the model's device alone.
@@ -239,6 +242,19 @@ impl Metrics {
     }
 }
 
+/// burn-train's step, or the recomputing one.
+fn one_step<M: CausalLm + 'static>(
+    lm: &CausalLmStep<M>,
+    batch: TokenBatch,
+    recompute: bool,
+) -> TrainOutput<StepOutput> {
+    if recompute {
+        lm.step_recomputing(batch)
+    } else {
+        TrainStep::step(lm, batch)
+    }
+}
+
 /// Runs one micro-batch per device, side by side, each on a copy of the model forked to its
 /// device (burn-train's multi-device step, gradients gathered by the caller).
 fn parallel_steps<M: CausalLm + 'static>(
@@ -247,6 +263,7 @@ fn parallel_steps<M: CausalLm + 'static>(
     devices: &[Device],
     pad: u32,
     normalizer: f32,
+    recompute: bool,
 ) -> Result<Vec<TrainOutput<StepOutput>>> {
     std::thread::scope(|scope| {
         let workers: Vec<_> = batches
@@ -259,7 +276,7 @@ fn parallel_steps<M: CausalLm + 'static>(
                         model: model.fork(dev),
                     };
                     let batch = TokenBatch::new(examples, pad, normalizer, dev);
-                    TrainStep::step(&step, batch)
+                    one_step(&step, batch, recompute)
                 })
             })
             .collect();
@@ -356,9 +373,10 @@ pub fn train<M: CausalLm + 'static>(
                 .collect();
             let outputs = if devices.len() == 1 {
                 let batch = TokenBatch::new(&batches[0], data.pad, normalizer as f32, &device);
-                vec![TrainStep::step(&lm, batch)]
+                vec![one_step(&lm, batch, settings.recompute)]
             } else {
-                parallel_steps(&lm, &batches, &devices, data.pad, normalizer as f32)?
+                let norm = normalizer as f32;
+                parallel_steps(&lm, &batches, &devices, data.pad, norm, settings.recompute)?
             };
             for out in outputs {
                 loss += out.item.loss;
