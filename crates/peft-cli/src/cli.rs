@@ -224,8 +224,9 @@ pub struct TrainCmd {
     #[arg(long)]
     pub metrics: Option<PathBuf>,
     /// Keep only each decoder block's input and recompute the block in the backward pass, as
-    /// transformers' gradient checkpointing does: less activation memory for one more forward
-    /// pass of the blocks. Needs the adapter's dropout at 0.
+    /// transformers' gradient checkpointing does, and run the LM head and the loss over slices of
+    /// positions: far less activation memory (0.12× on OPT-125m, docs/training.md) for one more
+    /// forward pass of the blocks. Needs the adapter's dropout at 0.
     #[arg(long)]
     pub checkpointing: bool,
     /// Devices, comma-separated: flex, ndarray, wgpu, wgpu:N (discrete GPU N), cuda:N. Several
