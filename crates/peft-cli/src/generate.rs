@@ -5,7 +5,9 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use peft_models::{AnyCausalLm, CausalLm, with_model};
-use peft_train::generate::{GenerateOptions, Generation, Sampling, TextStream, generate as run};
+use peft_train::generate::{
+    GenerateOptions, Generation, Sampling, TextStream, generate as run, stop_tokens,
+};
 use peft_train::tokenizer::TextTokenizer;
 use serde_json::Value;
 
@@ -62,11 +64,7 @@ pub fn generate(cmd: &GenerateCmd, out: &mut dyn Write) -> Result<Generation> {
     let tok = TextTokenizer::from_dir(cmd.tokenizer.as_deref().unwrap_or(&cmd.run.model))?;
     let ids = prompt_ids(&tok, cmd.prompt.as_deref(), cmd.messages.as_deref())?;
     let model = AnyCausalLm::load(&cmd.run.model, &device)?;
-    let mut stop: Vec<u32> = with_model!(&model, m => m.eos_token_ids())
-        .into_iter()
-        .filter_map(|id| u32::try_from(id).ok())
-        .collect();
-    stop.extend(tok.eos.as_ref().map(|t| t.1));
+    let stop = with_model!(&model, m => stop_tokens(m, &tok));
     let options = GenerateOptions {
         max_new_tokens: cmd.max_new_tokens,
         sampling: cmd.temperature.map(|temperature| Sampling {

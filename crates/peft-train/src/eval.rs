@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::data::jsonl_rows;
 use crate::error::{Result, TrainError};
-use crate::generate::{GenerateOptions, generate};
+use crate::generate::{GenerateOptions, generate, stop_tokens};
 use crate::tokenizer::TextTokenizer;
 
 /// One question of an evaluation set.
@@ -146,12 +146,7 @@ pub fn exact_match<M: CausalLm>(
     questions: &[Question],
 ) -> Result<ExactMatch> {
     let model = model.valid();
-    let mut stop: Vec<u32> = model
-        .eos_token_ids()
-        .into_iter()
-        .filter_map(|id| u32::try_from(id).ok())
-        .collect();
-    stop.extend(tok.eos.as_ref().map(|t| t.1));
+    let stop = stop_tokens(&model, tok);
     let mut report = ExactMatch::default();
     for q in questions {
         let options = GenerateOptions {

@@ -73,6 +73,18 @@ impl GenerateOptions {
     }
 }
 
+/// The ids that end a generation: the model's end-of-sequence tokens (`config.json`) and the
+/// tokenizer's `eos_token`.
+pub fn stop_tokens<M: CausalLm>(model: &M, tok: &TextTokenizer) -> Vec<u32> {
+    let mut stop: Vec<u32> = model
+        .eos_token_ids()
+        .into_iter()
+        .filter_map(|id| u32::try_from(id).ok())
+        .collect();
+    stop.extend(tok.eos.as_ref().map(|t| t.1));
+    stop
+}
+
 /// Generates after `prompt`; `on_token` sees each new token as it comes.
 ///
 /// Fails when the prompt is empty, has ids outside the vocabulary, or is longer than the model's
