@@ -9,13 +9,20 @@
 //! cargo xtask bench [--quick] [--models 125m,350m,1.3b] [--backend B] [--vs-pytorch] # method comparison guide
 //! cargo xtask bench criterion [criterion args]          # per-layer criterion benches
 //! cargo xtask bench train [--batch B] [--seq S] [--steps N] [--rounds R]  # peft train's engine vs a hand-written loop
+//! cargo xtask fuzz [--target T] [--seconds S]          # libFuzzer on every target (default 60 s each)
+//! cargo xtask fuzz --seeds                              # rewrite fuzz/seeds from the fixtures
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-/// Every backend compiled into the one test build; `BURN_DEVICE` picks one at run time.
-const TEST_FEATURES: &str = "peft-core/flex,peft-core/wgpu,peft-core/ndarray";
+/// Every backend, compiled into one build; `BURN_DEVICE` picks one at run time.
+const BACKENDS: &str = "peft-core/flex,peft-core/wgpu,peft-core/ndarray";
+
+/// The test build: every backend, and the writers' fault points (`peft_core::fault`) for
+/// `crates/peft-cli/tests/faults.rs`.
+const TEST_FEATURES: &str =
+    "peft-core/flex,peft-core/wgpu,peft-core/ndarray,peft-cli/fault-injection";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -124,7 +131,7 @@ fn verify(python: &str) -> Result<(), String> {
         "--bins",
         "--examples",
         "--features",
-        TEST_FEATURES,
+        BACKENDS,
     ]))?;
     let target = root().join("target");
     let models = root().join("fixtures/models");
@@ -298,13 +305,125 @@ fn guide(args: &[String]) -> Result<(), String> {
         "guide",
         "--features",
     ])
-    .arg(TEST_FEATURES)
+    .arg(BACKENDS)
     .arg("--")
     .args(&rest);
     if let Some(b) = backend {
         cmd.env("BURN_DEVICE", b);
     }
     run(default_flex(&mut cmd))
+}
+
+/// The fuzz targets (`fuzz/fuzz_targets`, bodies in `crates/peft-fuzz`).
+const FUZZ_TARGETS: &[&str] = &[
+    "adapter_config",
+    "adapter_folder",
+    "merge",
+    "checkpoint",
+    "targets",
+    "data",
+];
+
+/// What libFuzzer printed at the end of a run (`-print_final_stats=1`).
+fn fuzz_stat(log: &str, name: &str) -> Option<u64> {
+    log.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("stat::{name}:")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs each target under libFuzzer (nightly, no sanitizer: the project has no `unsafe` of its
+/// own past one memory map, and an uninstrumented build runs several times more inputs) with
+/// the limits the project holds itself to: 1 s per input, 2 GiB of memory in all and per
+/// allocation. New inputs go to `fuzz/corpus/<target>` (not committed), crashes to
+/// `fuzz/artifacts/<target>`; each one found becomes a file under `fuzz/regressions/<target>`,
+/// which the normal test suite replays.
+fn fuzz(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--seeds") {
+        return run(cargo().args([
+            "run",
+            "-p",
+            "peft-fuzz",
+            "--bin",
+            "fuzz-seeds",
+            "--",
+            "fuzz/seeds",
+        ]));
+    }
+    let value = |flag: &str| args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone());
+    let seconds: u64 = match value("--seconds") {
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("--seconds `{s}` is not a whole number"))?,
+        None => 60,
+    };
+    let targets: Vec<&str> =
+        match value("--target") {
+            Some(t) => vec![*FUZZ_TARGETS.iter().find(|k| **k == t).ok_or_else(|| {
+                format!("unknown fuzz target `{t}` ({})", FUZZ_TARGETS.join(", "))
+            })?],
+            None => FUZZ_TARGETS.to_vec(),
+        };
+    let logs = root().join("target/fuzz-logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    let mut failed = Vec::new();
+    let mut summary = Vec::new();
+    for target in targets {
+        let corpus = root().join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus).map_err(|e| format!("{}: {e}", corpus.display()))?;
+        let log_path = logs.join(format!("{target}.log"));
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut cmd = Command::new("cargo");
+        cmd.args(["+nightly", "fuzz", "run", "--sanitizer", "none", target])
+            .arg(&corpus)
+            .arg(root().join("fuzz/seeds").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .args([
+                "-timeout=1",
+                "-rss_limit_mb=2048",
+                "-malloc_limit_mb=2048",
+                "-print_final_stats=1",
+            ])
+            .env("BURN_DEVICE", "flex")
+            .stderr(log);
+        eprintln!(
+            "xtask: fuzzing {target} for {seconds} s (log: {})",
+            log_path.display()
+        );
+        let ok = run(&mut cmd).is_ok();
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let runs = fuzz_stat(&text, "number_of_executed_units");
+        let rate = fuzz_stat(&text, "average_exec_per_sec");
+        let rss = fuzz_stat(&text, "peak_rss_mb");
+        summary.push(format!(
+            "{target:16} {:>12} runs {:>8} /s {:>6} MB peak  {}",
+            runs.map(|r| r.to_string()).unwrap_or("?".into()),
+            rate.map(|r| r.to_string()).unwrap_or("?".into()),
+            rss.map(|r| r.to_string()).unwrap_or("?".into()),
+            if ok {
+                "no crash"
+            } else {
+                "FAILED: see the log and fuzz/artifacts"
+            }
+        ));
+        if !ok {
+            failed.push(target);
+        }
+    }
+    eprintln!("xtask: fuzz summary");
+    for line in summary {
+        eprintln!("  {line}");
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "fuzz targets failed: {} (copy each input from fuzz/artifacts to fuzz/regressions/<target> once fixed)",
+            failed.join(", ")
+        ))
+    }
 }
 
 fn main() -> ExitCode {
@@ -326,7 +445,7 @@ fn main() -> ExitCode {
         Some("bench") if args.get(1).map(String::as_str) == Some("criterion") => {
             let mut cmd = cargo();
             cmd.args(["bench", "-p", "peft-benches", "--bench", "layer", "--features"])
-                .arg(TEST_FEATURES)
+                .arg(BACKENDS)
                 .arg("--")
                 .args(&args[2..]);
             run(default_flex(&mut cmd))
@@ -334,13 +453,14 @@ fn main() -> ExitCode {
         Some("bench") if args.get(1).map(String::as_str) == Some("train") => {
             let mut cmd = cargo();
             cmd.args(["run", "--release", "-p", "peft-benches", "--bin", "train-bench", "--features"])
-                .arg(TEST_FEATURES)
+                .arg(BACKENDS)
                 .arg("--")
                 .args(&args[2..]);
             run(default_flex(&mut cmd))
         }
         Some("bench") => guide(&args[1..]),
-        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify | --verify-only] | bench [--quick] [--models M] [--methods K] [--backend B] [--vs-pytorch [--python PY]] | bench criterion [args] | bench train [args]>".into()),
+        Some("fuzz") => fuzz(&args[1..]),
+        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify | --verify-only] | bench [--quick] [--models M] [--methods K] [--backend B] [--vs-pytorch [--python PY]] | bench criterion [args] | bench train [args] | fuzz [--target T] [--seconds S] | fuzz --seeds>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

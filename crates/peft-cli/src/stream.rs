@@ -228,16 +228,19 @@ impl StreamWriter {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| CliError::io("cannot create folder", dir, e))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let file = File::create(&tmp).map_err(|e| CliError::io("cannot create", &tmp, e))?;
+        let tmp = peft_core::io::temp_path(path);
+        let file = peft_core::fault::point("merge.create")
+            .and_then(|_| File::create(&tmp))
+            .map_err(|e| CliError::io("cannot write", path, e))?;
         let mut out = BufWriter::new(file);
-        out.write_all(&(bytes.len() as u64).to_le_bytes())
-            .and_then(|_| out.write_all(&bytes))
-            .map_err(|e| CliError::io("cannot write", &tmp, e))?;
+        let header = out
+            .write_all(&(bytes.len() as u64).to_le_bytes())
+            .and_then(|_| out.write_all(&bytes));
+        if let Err(e) = header {
+            drop(out);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(CliError::io("cannot write", path, e));
+        }
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
@@ -263,9 +266,14 @@ impl StreamWriter {
                 bytes.len()
             )));
         }
+        // Fails after the first tensor: the file is then half written.
+        if self.next == 1 {
+            peft_core::fault::point("merge.tensor")
+                .map_err(|e| CliError::io("cannot write", &self.path, e))?;
+        }
         self.out
             .write_all(bytes)
-            .map_err(|e| CliError::io("cannot write", &self.tmp, e))?;
+            .map_err(|e| CliError::io("cannot write", &self.path, e))?;
         self.next += 1;
         Ok(())
     }
@@ -283,14 +291,13 @@ impl StreamWriter {
         }
         self.out
             .flush()
-            .map_err(|e| CliError::io("cannot write", &self.tmp, e))?;
-        self.out
-            .get_ref()
-            .sync_all()
-            .map_err(|e| CliError::io("cannot sync", &self.tmp, e))?;
-        std::fs::rename(&self.tmp, &self.path)
-            .map_err(|e| CliError::io("cannot rename into", &self.path, e))?;
+            .and_then(|_| peft_core::fault::point("merge.sync"))
+            .and_then(|_| self.out.get_ref().sync_all())
+            .and_then(|_| peft_core::fault::point("merge.rename"))
+            .and_then(|_| std::fs::rename(&self.tmp, &self.path))
+            .map_err(|e| CliError::io("cannot write", &self.path, e))?;
         self.tmp = PathBuf::new();
+        peft_core::io::finish_write(&self.path);
         Ok(())
     }
 }

@@ -29,24 +29,72 @@ fn io_err<'a>(
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// crash never leaves a half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err("cannot create folder", dir))?;
+/// The temporary file a write to `path` goes through: `.<name>.tmp-<pid>` in the same folder
+/// (a rename within one file system is atomic).
+pub fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(io_err("cannot write", &tmp))?;
-    fs::rename(&tmp, path).map_err(|e| {
+    parent_dir(path).join(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// The folder `path` is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// After a write to `path` succeeded: removes temporary files that earlier writes to it left
+/// when they were killed (`.<name>.tmp-*`), and syncs the folder so the rename is durable.
+/// Best effort: a failure here never fails the write.
+pub fn finish_write(path: &Path) {
+    let dir = parent_dir(path);
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = format!(".{name}.tmp-");
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    #[cfg(unix)]
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, synced, and a rename:
+/// `path` holds the old file or the complete new one at every moment, whatever interrupts the
+/// write. On an error the temporary file is removed; one left by a killed process is removed
+/// by the next successful write to `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = parent_dir(path);
+    fs::create_dir_all(dir).map_err(io_err("cannot create folder", dir))?;
+    let tmp = temp_path(path);
+    let written = (|| -> std::io::Result<()> {
+        crate::fault::point("write_atomic.create")?;
+        let mut file = fs::File::create(&tmp)?;
+        let half = bytes.len() / 2;
+        file.write_all(&bytes[..half])?;
+        crate::fault::point("write_atomic.write")?;
+        file.write_all(&bytes[half..])?;
+        crate::fault::point("write_atomic.sync")?;
+        file.sync_all()?;
+        crate::fault::point("write_atomic.rename")?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
-        io_err("cannot rename into", path)(e)
-    })
+        return Err(io_err("cannot write", path)(e));
+    }
+    finish_write(path);
+    Ok(())
 }
 
 /// Reads every tensor of a safetensors file as f32 (`F32`, `F16`, `BF16`, `F64`) or i64

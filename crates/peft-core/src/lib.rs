@@ -11,6 +11,7 @@
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod fault;
 pub mod inject;
 pub mod inventory;
 pub mod io;

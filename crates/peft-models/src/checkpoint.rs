@@ -79,6 +79,23 @@ pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().collect())
 }
 
+/// `layers` blocks of `layer` values, the token embedding (`embeddings` values, counted again
+/// for an untied head) and `rest`: a model's size in checked arithmetic (`None` on overflow).
+pub(crate) fn model_size(
+    layer: u128,
+    layers: u128,
+    embeddings: u128,
+    tied: bool,
+    rest: u128,
+) -> Option<u128> {
+    let head = if tied { 0 } else { embeddings };
+    layer
+        .checked_mul(layers)?
+        .checked_add(embeddings)?
+        .checked_add(head)?
+        .checked_add(rest)
+}
+
 impl Checkpoint {
     /// Opens a checkpoint folder.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
@@ -128,6 +145,30 @@ impl Checkpoint {
             &state_dict,
             &peft_core::KeyMap::identity(),
         )?)
+    }
+
+    /// Refuses a `config.json` whose model holds more values (`claimed`, a lower bound computed
+    /// with checked arithmetic: `None` when it overflows) than the checkpoint's weights: what a
+    /// config claims is checked against the file before any parameter is allocated.
+    pub fn check_claimed_size(
+        &self,
+        claimed: Option<u128>,
+        state_dict: &BTreeMap<String, TensorData>,
+    ) -> Result<()> {
+        let held: u128 = state_dict
+            .values()
+            .map(|t| t.shape().iter().map(|&d| d as u128).product::<u128>())
+            .sum();
+        match claimed {
+            Some(n) if n <= held => Ok(()),
+            claimed => Err(ModelError::Config {
+                path: self.dir.join("config.json"),
+                message: format!(
+                    "the config describes a model of at least {} values, but the weights hold {held}",
+                    claimed.map_or("2^128".to_string(), |n| n.to_string())
+                ),
+            }),
+        }
     }
 
     /// Every tensor of every weight file, as f32 (floats of any width) or i64 data.

@@ -232,6 +232,36 @@ impl LlamaConfig {
         }
     }
 
+    /// A lower bound on the number of values this config's model holds (embedding, head unless
+    /// tied, attention and MLP weights, norms); `None` when it overflows.
+    pub fn min_values(&self) -> Option<u128> {
+        let [v, h, inter, layers, heads, kv, hd] = [
+            self.vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.kv_heads(),
+            self.head_width(),
+        ]
+        .map(|x| x as u128);
+        let attention = h
+            .checked_mul(heads)?
+            .checked_mul(hd)?
+            .checked_mul(2)?
+            .checked_add(h.checked_mul(kv)?.checked_mul(hd)?.checked_mul(2)?)?;
+        let layer = attention
+            .checked_add(h.checked_mul(inter)?.checked_mul(3)?)?
+            .checked_add(h.checked_mul(2)?)?;
+        crate::checkpoint::model_size(
+            layer,
+            layers,
+            v.checked_mul(h)?,
+            self.tie_word_embeddings,
+            h,
+        )
+    }
+
     /// A randomly initialised model with this architecture.
     pub fn init(&self, device: &Device) -> Result<LlamaForCausalLm> {
         self.validate()?;
@@ -394,8 +424,10 @@ impl LlamaForCausalLm {
     /// Loads a transformers Llama checkpoint (`model_type: "llama"`).
     pub fn from_checkpoint(checkpoint: &Checkpoint, device: &Device) -> Result<Self> {
         let config: LlamaConfig = checkpoint.parse_config()?;
-        let model = config.init(device)?;
+        config.validate()?;
         let mut sd = checkpoint.state_dict()?;
+        checkpoint.check_claimed_size(config.min_values(), &sd)?;
+        let model = config.init(device)?;
         // Buffers some older checkpoints carry.
         sd.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
         checkpoint.load_into(model, sd, config.tie_word_embeddings)

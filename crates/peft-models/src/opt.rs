@@ -113,6 +113,31 @@ impl OptConfig {
         }
     }
 
+    /// A lower bound on the number of values this config's model holds (token and position
+    /// embeddings, head unless tied, attention and MLP weights); `None` when it overflows.
+    pub fn min_values(&self) -> Option<u128> {
+        let [v, h, ffn, layers, positions, word] = [
+            self.vocab_size,
+            self.hidden_size,
+            self.ffn_dim,
+            self.num_hidden_layers,
+            self.max_position_embeddings,
+            self.word_embed_proj_dim.unwrap_or(self.hidden_size),
+        ]
+        .map(|x| x as u128);
+        let layer = h
+            .checked_mul(h)?
+            .checked_mul(4)?
+            .checked_add(h.checked_mul(ffn)?.checked_mul(2)?)?;
+        crate::checkpoint::model_size(
+            layer,
+            layers,
+            v.checked_mul(word)?,
+            self.tie_word_embeddings,
+            positions.checked_add(2)?.checked_mul(h)?,
+        )
+    }
+
     /// Rejects options this implementation does not compute.
     pub fn validate(&self) -> Result<()> {
         if self.activation_function != "relu" {
@@ -307,8 +332,10 @@ impl OptForCausalLm {
     /// Loads a transformers OPT checkpoint (`model_type: "opt"`).
     pub fn from_checkpoint(checkpoint: &Checkpoint, device: &Device) -> Result<Self> {
         let config: OptConfig = checkpoint.parse_config()?;
-        let model = config.init(device)?;
+        config.validate()?;
         let mut sd = checkpoint.state_dict()?;
+        checkpoint.check_claimed_size(config.min_values(), &sd)?;
+        let model = config.init(device)?;
         // Checkpoints saved from `OPTModel` (e.g. facebook/opt-125m) lack the `model.` prefix.
         if !sd.keys().any(|k| k.starts_with("model.")) {
             sd = sd

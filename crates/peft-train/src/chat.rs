@@ -5,6 +5,11 @@ use serde_json::Value;
 
 use crate::error::{Result, TrainError};
 
+/// The most template instructions one render may run: a chat template comes with a downloaded
+/// tokenizer, and one that loops without end must fail, not hang the run. Real templates use a
+/// few hundred per message.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+
 /// A compiled chat template, with transformers' globals (`raise_exception`, Python string
 /// methods such as `.strip()`).
 pub struct ChatTemplate {
@@ -23,6 +28,7 @@ impl ChatTemplate {
     /// Compiles `source`; `bos` and `eos` are the template's `bos_token` / `eos_token`.
     pub fn new(source: &str, bos: &str, eos: &str) -> Result<Self> {
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -108,5 +114,29 @@ mod tests {
         let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").unwrap();
         let e = t.render(&[], false).unwrap_err().to_string();
         assert!(e.contains("no system role"), "{e}");
+    }
+
+    #[test]
+    fn a_template_that_never_ends_runs_out_of_fuel() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let e = t.render(&[], false).unwrap_err().to_string();
+        assert!(e.contains("fuel"), "{e}");
+        // A ChatML template still renders a long conversation.
+        let chatml = ChatTemplate::new(
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n\
+             {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let msgs: Vec<Value> = (0..500)
+            .map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "x"}))
+            .collect();
+        assert!(chatml.render(&msgs, true).is_ok());
     }
 }

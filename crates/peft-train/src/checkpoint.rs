@@ -137,7 +137,10 @@ pub fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
 }
 
 /// Writes a checkpoint through a temporary folder and a rename, so that `dir` holds either the
-/// previous checkpoint or the complete new one. `fill` writes the folder's files.
+/// previous checkpoint or the complete new one at every moment. `fill` writes the folder's
+/// files. A `dir` that exists is swapped with the new folder in one step (`renameat2`'s
+/// `RENAME_EXCHANGE` on Linux; elsewhere the old folder is moved aside first, and a crash
+/// between the two renames leaves it at `.<name>.old`).
 pub fn write_checkpoint(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = dir
         .file_name()
@@ -149,10 +152,46 @@ pub fn write_checkpoint(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    fill(&tmp)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    peft_core::fault::point("checkpoint.create")
+        .and_then(|_| std::fs::create_dir_all(&tmp))
+        .map_err(|e| TrainError::io(&tmp, e))?;
+    let filled = fill(&tmp).and_then(|_| {
+        peft_core::fault::point("checkpoint.swap").map_err(|e| TrainError::io(dir, e))
+    });
+    if let Err(e) = filled {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))
+    if dir.exists() {
+        swap(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
+        // `tmp` now holds the previous checkpoint.
+        let _ = std::fs::remove_dir_all(&tmp);
+    } else {
+        std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
+    }
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Exchanges the folders `new` and `old` atomically.
+#[cfg(target_os = "linux")]
+fn swap(new: &Path, old: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    renameat_with(CWD, new, CWD, old, RenameFlags::EXCHANGE).map_err(std::io::Error::from)
+}
+
+/// Moves `old` aside, `new` into its place (not atomic: see [`write_checkpoint`]).
+#[cfg(not(target_os = "linux"))]
+fn swap(new: &Path, old: &Path) -> std::io::Result<()> {
+    let name = old
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let aside = old.with_file_name(format!(".{name}.old"));
+    std::fs::rename(old, &aside)?;
+    std::fs::rename(new, old)?;
+    std::fs::rename(&aside, new)
 }

@@ -1,0 +1,167 @@
+//! Properties of MiSS/Bone over random shapes, ranks and modes (`proptest`): merge then unmerge
+//! restores `W`; save then load is the identity; in bat mode, a tile whose `I + B` is singular
+//! makes `unmerge` an error that names it, never NaN weights.
+#![allow(clippy::unwrap_used)]
+
+use burn::module::Module;
+use burn::tensor::{Device, TensorData};
+use peft_bone::{BoneConfig, BoneError, BoneFormat, BoneMode, BoneModel};
+use peft_core::nn::{InitFactored, Linear, LinearConfig};
+use peft_core::{KeyMap, TargetModules};
+use proptest::prelude::*;
+
+#[derive(Module, Debug)]
+struct One {
+    layer: Linear,
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    r: usize,
+    d_in: usize,
+    d_out: usize,
+    mode: BoneMode,
+    seed: u64,
+}
+
+/// Shapes that every mode accepts: `r` and `mini_r` divide both sides in bat and mini mode.
+fn cases() -> impl Strategy<Value = Case> {
+    (1usize..5, 1usize..6, 1usize..6, 0usize..3, any::<u64>()).prop_map(|(r, a, b, mode, seed)| {
+        Case {
+            r,
+            d_in: r * a,
+            d_out: r * b,
+            mode: match mode {
+                0 => BoneMode::Default,
+                1 => BoneMode::Bat,
+                _ => BoneMode::Mini { mini_r: r },
+            },
+            seed,
+        }
+    })
+}
+
+fn values(d: TensorData) -> Vec<f32> {
+    d.convert::<f32>().try_into_vec::<f32>().unwrap()
+}
+
+fn weight(model: &One) -> Vec<f32> {
+    values(
+        peft_core::io::read_params(model, |p| p == "layer.weight")
+            .remove("layer.weight")
+            .unwrap(),
+    )
+}
+
+fn base(c: &Case, device: &Device) -> One {
+    device.seed(c.seed);
+    One {
+        layer: LinearConfig::new(c.d_in, c.d_out).init_factored(device),
+    }
+}
+
+fn adapted(c: &Case, device: &Device) -> BoneModel<One> {
+    adapted_as(c, BoneFormat::Miss, device)
+}
+
+fn adapted_as(c: &Case, format: BoneFormat, device: &Device) -> BoneModel<One> {
+    let config = BoneConfig::new(TargetModules::names(["layer"]))
+        .with_r(c.r)
+        .with_mode(c.mode)
+        .with_format(format)
+        .with_random_init(true);
+    BoneModel::inject(base(c, device), &config, &KeyMap::identity()).unwrap()
+}
+
+/// Max |a − b| relative to max(1, max |b|).
+fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn merge_then_unmerge_restores_the_weight(c in cases()) {
+        let device = Device::default();
+        let bone = adapted(&c, &device);
+        let before = weight(&bone.model);
+        match bone.merge().unmerge() {
+            Ok(back) => {
+                let d = rel_diff(&weight(&back.model), &before);
+                prop_assert!(d <= 1e-4, "{c:?}: relative error {d}");
+            }
+            // A random bat block can be (nearly) singular; then unmerge must say so.
+            Err(BoneError::Singular { .. }) => prop_assert!(matches!(c.mode, BoneMode::Bat)),
+            Err(e) => prop_assert!(false, "{c:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn save_then_load_is_the_identity(c in cases(), bone_format in any::<bool>()) {
+        let device = Device::default();
+        let format = if bone_format { BoneFormat::Bone } else { BoneFormat::Miss };
+        // Mini mode exists only in MiSS files.
+        let format = if matches!(c.mode, BoneMode::Mini { .. }) { BoneFormat::Miss } else { format };
+        let bone = adapted_as(&c, format, &device);
+        let dir = tempfile::tempdir().unwrap();
+        bone.save(dir.path()).unwrap();
+        let again = BoneModel::load(base(&c, &device), dir.path(), &KeyMap::identity()).unwrap();
+        let (a, b) = (bone.adapter_tensors(format).unwrap(), again.adapter_tensors(format).unwrap());
+        prop_assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (k, v) in a {
+            prop_assert!(values(v) == values(b[&k].clone()), "{k} differs");
+        }
+    }
+
+    #[test]
+    fn singular_bat_tiles_are_errors_never_nan(
+        r in 1usize..5,
+        tiles in 1usize..4,
+        d_in_tiles in 1usize..4,
+        singular in any::<prop::sample::Index>(),
+        rank_one in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let device = Device::default();
+        let c = Case { r, d_in: r * d_in_tiles, d_out: r * tiles, mode: BoneMode::Bat, seed };
+        let bone = adapted(&c, &device);
+        let dir = tempfile::tempdir().unwrap();
+        bone.save(dir.path()).unwrap();
+        // Tile `t` of the block: I + B_t = 0, or the rank-one u·vᵀ (singular for r ≥ 2).
+        let t = singular.index(tiles);
+        let path = dir.path().join(peft_core::io::WEIGHTS_NAME);
+        let mut tensors = peft_core::io::read_safetensors(&path).unwrap();
+        let (key, block) = tensors.iter_mut().next().unwrap();
+        let mut b = values(block.clone());
+        for i in 0..r {
+            for j in 0..r {
+                let one_minus_i = if rank_one { (i + 1) as f32 * (j + 2) as f32 / 8.0 } else { 0.0 };
+                b[t * r * r + i * r + j] = one_minus_i - if i == j { 1.0 } else { 0.0 };
+            }
+        }
+        let key = key.clone();
+        tensors.insert(key, TensorData::new(b, [tiles, r, r]));
+        peft_core::io::write_safetensors(&path, &tensors).unwrap();
+        let loaded = BoneModel::load(base(&c, &device), dir.path(), &KeyMap::identity()).unwrap();
+        let merged = loaded.merge();
+        prop_assert!(weight(&merged.clone().into_model()).iter().all(|v| v.is_finite()));
+        match merged.unmerge() {
+            Err(BoneError::Singular { module, tile }) => {
+                prop_assert_eq!(module, "layer");
+                prop_assert_eq!(tile, t);
+            }
+            Err(e) => prop_assert!(false, "{e}"),
+            Ok(back) => {
+                // Only a rank-one tile of width 1 (I + B = u·v ≠ 0) is invertible.
+                prop_assert!(rank_one && r == 1, "tile {t} of {tiles} (r {r}) was not refused");
+                prop_assert!(weight(&back.model).iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Properties of LoRA and DoRA over random shapes, ranks, scalings and bias (`proptest`): merge
+//! then unmerge restores `W`; save then load is the identity; the factored path, the
+//! weight-space path (burn's own `Linear`) and the merged weights compute the same function;
+//! `peft merge`'s state-dict plan equals merging the model.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use peft_core::TargetModules;
+use peft_core::method::{Method, TensorInfo};
+use peft_lora::{InjectOptions, LoraConfig, LoraInit, LoraModel};
+use proptest::prelude::*;
+
+mod common;
+use common::{OneBurn, OneFactored, burn_linear, factored};
+
+/// One random case: a `d_in → d_out` Linear and the adapter's settings.
+#[derive(Debug, Clone)]
+struct Case {
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    r: usize,
+    alpha: f64,
+    rslora: bool,
+    dora: bool,
+    seed: u64,
+}
+
+fn cases() -> impl Strategy<Value = Case> {
+    (
+        1usize..24,
+        1usize..24,
+        any::<bool>(),
+        1usize..9,
+        1.0f64..32.0,
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(d_in, d_out, bias, r, alpha, rslora, dora, seed)| Case {
+            d_in,
+            d_out,
+            bias,
+            r,
+            alpha,
+            rslora,
+            dora,
+            seed,
+        })
+}
+
+fn config(c: &Case) -> LoraConfig {
+    LoraConfig::new(TargetModules::names(["layer"]))
+        .with_r(c.r)
+        .with_alpha(c.alpha)
+        .with_rslora(c.rslora)
+        .with_dora(c.dora)
+        .with_init(LoraInit::Random)
+}
+
+fn values(d: TensorData) -> Vec<f32> {
+    d.convert::<f32>().try_into_vec::<f32>().unwrap()
+}
+
+/// Max |a − b| relative to max(1, max |b|).
+fn rel_diff(a: TensorData, b: TensorData) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    let (a, b) = (values(a), values(b));
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+fn weight<M: burn::module::Module>(model: &M) -> TensorData {
+    peft_core::io::read_params(model, |p| p == "layer.weight")
+        .remove("layer.weight")
+        .unwrap()
+}
+
+/// A factored layer with a random adapter (seeded: burn's generator is global).
+fn adapted(c: &Case, device: &Device) -> LoraModel<OneFactored> {
+    device.seed(c.seed);
+    let model = factored(c.d_in, c.d_out, c.bias, device);
+    LoraModel::inject(model, &config(c), &InjectOptions::default()).unwrap()
+}
+
+fn input(c: &Case, device: &Device) -> Tensor<2> {
+    Tensor::random([3, c.d_in], Distribution::Normal(0.0, 1.0), device)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn merge_then_unmerge_restores_the_weight(c in cases()) {
+        let device = Device::default();
+        let lora = adapted(&c, &device);
+        let before = weight(&lora.model);
+        let merged = lora.merge();
+        let after = weight(&merged.unmerge().unwrap().model);
+        let tol = if c.dora { 2e-5 } else { 1e-5 };
+        let d = rel_diff(after, before);
+        prop_assert!(d <= tol, "{c:?}: relative error {d}");
+    }
+
+    #[test]
+    fn factored_weight_space_and_merged_paths_agree(c in cases()) {
+        let device = Device::default();
+        let lora = adapted(&c, &device);
+        let x = input(&c, &device);
+        let factored_out = lora.model.layer.forward(x.clone()).into_data();
+        // The same base and adapter on burn's own Linear: the weight-space path.
+        let dir = tempfile::tempdir().unwrap();
+        lora.save(dir.path()).unwrap();
+        let mut base = peft_core::io::read_params(&lora.model, |p| p == "layer.weight" || p == "layer.bias");
+        if !c.bias {
+            base.remove("layer.bias");
+        }
+        let burn_model: OneBurn =
+            peft_core::io::replace_params(burn_linear(c.d_in, c.d_out, c.bias, &device), base).unwrap();
+        let on_burn = LoraModel::load(burn_model, dir.path(), &InjectOptions::default()).unwrap();
+        let weight_space_out = on_burn.model.layer.forward(x.clone()).into_data();
+        let merged_out = lora.merge_and_unload().layer.forward(x).into_data();
+        let d1 = rel_diff(weight_space_out, factored_out.clone());
+        let d2 = rel_diff(merged_out, factored_out);
+        prop_assert!(d1 <= 1e-5 && d2 <= 1e-5, "{c:?}: weight-space {d1}, merged {d2}");
+    }
+
+    #[test]
+    fn save_then_load_is_the_identity(c in cases()) {
+        let device = Device::default();
+        let lora = adapted(&c, &device);
+        let dir = tempfile::tempdir().unwrap();
+        lora.save(dir.path()).unwrap();
+        device.seed(c.seed);
+        let base = factored(c.d_in, c.d_out, c.bias, &device);
+        let again = LoraModel::load(base, dir.path(), &InjectOptions::default()).unwrap();
+        prop_assert_eq!(again.config().to_json(), lora.config().to_json());
+        let (a, b) = (lora.adapter_tensors().unwrap(), again.adapter_tensors().unwrap());
+        prop_assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (k, v) in a {
+            prop_assert!(values(v) == values(b[&k].clone()), "{k} differs");
+        }
+    }
+
+    #[test]
+    fn the_state_dict_merge_equals_merging_the_model(c in cases()) {
+        let device = Device::default();
+        let lora = adapted(&c, &device);
+        let file_tensors = lora.adapter_tensors().unwrap();
+        let config = lora.config().to_json();
+        let base = peft_core::io::transpose(&weight(&lora.model)).unwrap();
+        let header = BTreeMap::from([(
+            "layer.weight".to_string(),
+            TensorInfo { dtype: "F32".into(), shape: vec![c.d_out, c.d_in] },
+        )]);
+        let plan = peft_lora::Lora.plan_merge(&config, file_tensors, &header).unwrap();
+        prop_assert_eq!(plan.len(), 1);
+        let merged_file = plan["layer.weight"].apply(values(base), &[c.d_out, c.d_in]).unwrap();
+        let merged_model = weight(&lora.merge_and_unload());
+        let expected = peft_core::io::transpose(&merged_model).unwrap();
+        let d = rel_diff(TensorData::new(merged_file, [c.d_out, c.d_in]), expected);
+        prop_assert!(d <= 1e-5, "{c:?}: relative error {d}");
+    }
+}
