@@ -125,8 +125,26 @@ fn run_model<M: CausalLm>(model: &M) {
     let _ = model.forward(ids);
 }
 
+/// The largest rank (`r`, `rank_pattern`, `mini_r`, …) a fresh adapter is made with here.
+///
+/// Fresh adapters are as large as the config asks, as with `peft train --r`: a config asking
+/// for `r = 10^8` asks for gigabytes, and gets them or fails to allocate. That is a request,
+/// not a claim a file makes about itself: loading a folder checks every tensor against the
+/// model before it allocates anything from the config (the `adapter_folder` target).
+pub const MAX_FRESH_RANK: u64 = 4096;
+
+/// The largest integer anywhere in `value`.
+fn largest_integer(value: &Value) -> u64 {
+    match value {
+        Value::Number(n) => n.as_u64().unwrap_or(0),
+        Value::Array(items) => items.iter().map(largest_integer).max().unwrap_or(0),
+        Value::Object(map) => map.values().map(largest_integer).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// `adapter_config.json` of any method: looked up in the registry, described, and injected
-/// into the tiny Llama as fresh adapters, then merged.
+/// into the tiny Llama as fresh adapters (ranks up to [`MAX_FRESH_RANK`]), then merged.
 pub fn adapter_config(data: &[u8]) {
     let Ok(config) = serde_json::from_slice::<Value>(data) else {
         return;
@@ -134,6 +152,9 @@ pub fn adapter_config(data: &[u8]) {
     if let Ok(method) = peft_cli::registry::method(&config) {
         let _ = method.describe(&config, &BTreeMap::new());
         let _ = method.convert(&config, None);
+    }
+    if largest_integer(&config) > MAX_FRESH_RANK {
+        return;
     }
     with_scratch(|_, model| {
         let Ok(method) = peft_cli::registry::attach_method::<LlamaForCausalLm>(&config) else {
