@@ -79,6 +79,10 @@ pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().collect())
 }
 
+/// How many values a model's config may claim beyond what its weights hold before loading
+/// refuses it unallocated (2^24 values: 64 MiB of f32).
+pub const CLAIM_SLACK: u128 = 1 << 24;
+
 /// `layers` blocks of `layer` values, the token embedding (`embeddings` values, counted again
 /// for an untied head) and `rest`: a model's size in checked arithmetic (`None` on overflow).
 pub(crate) fn model_size(
@@ -147,9 +151,11 @@ impl Checkpoint {
         )?)
     }
 
-    /// Refuses a `config.json` whose model holds more values (`claimed`, a lower bound computed
-    /// with checked arithmetic: `None` when it overflows) than the checkpoint's weights: what a
-    /// config claims is checked against the file before any parameter is allocated.
+    /// Refuses a `config.json` whose model holds far more values (`claimed`, a lower bound
+    /// computed with checked arithmetic: `None` when it overflows) than the checkpoint's
+    /// weights, before any parameter is allocated: what a config claims never allocates more
+    /// than the weights' size plus [`CLAIM_SLACK`] values. A smaller mismatch (the weights of
+    /// another model) is left to the load, whose error names every missing tensor.
     pub fn check_claimed_size(
         &self,
         claimed: Option<u128>,
@@ -160,7 +166,7 @@ impl Checkpoint {
             .map(|t| t.shape().iter().map(|&d| d as u128).product::<u128>())
             .sum();
         match claimed {
-            Some(n) if n <= held => Ok(()),
+            Some(n) if n <= held.saturating_add(CLAIM_SLACK) => Ok(()),
             claimed => Err(ModelError::Config {
                 path: self.dir.join("config.json"),
                 message: format!(
