@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 fn fuzz_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz"))
@@ -52,16 +51,10 @@ fn every_target_survives_its_seeds_and_regressions() {
         for kind in ["seeds", "regressions"] {
             for input in inputs(&fuzz_dir().join(kind).join(target)) {
                 let bytes = std::fs::read(&input).unwrap();
-                let start = Instant::now();
                 let outcome = std::panic::catch_unwind(|| run(&bytes));
                 assert!(outcome.is_ok(), "{target} panicked on {}", input.display());
-                // The fuzzer's bound is 1 s on an optimised build; this build is slower.
-                assert!(
-                    start.elapsed() < Duration::from_secs(10),
-                    "{target} took {:?} on {}",
-                    start.elapsed(),
-                    input.display()
-                );
+                // No time bound here: the fuzzer holds each input to 1 s on an optimised build
+                // (`cargo xtask fuzz`); this suite runs on shared machines and slow backends.
                 replayed += 1;
             }
         }
