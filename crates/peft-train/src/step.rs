@@ -8,7 +8,7 @@ use burn_train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use peft_models::CausalLm;
 
 use crate::batch::TokenBatch;
-use crate::loss::causal_lm_loss;
+use crate::loss::{causal_lm_loss, causal_lm_loss_and_grad};
 
 /// A causal LM as burn-train runs it: one micro-batch in, the loss and its gradients out.
 #[derive(Module, Debug)]
@@ -38,22 +38,111 @@ impl<M: CausalLm + 'static> TrainStep for CausalLmStep<M> {
     type Input = TokenBatch;
     type Output = StepOutput;
 
+    /// The loss and the gradients of one micro-batch: the blocks keep their autodiff graph; the
+    /// head and the loss run a slice of positions at a time with the loss's gradient computed
+    /// directly ([`head_loss_backward`]).
     fn step(&self, batch: TokenBatch) -> TrainOutput<StepOutput> {
-        let logits = self.model.forward(batch.ids);
-        let loss = causal_lm_loss(logits, batch.targets, batch.normalizer);
-        let value = loss.clone().into_scalar::<f32>();
-        let output = StepOutput {
-            loss: value,
-            labels: batch.labels,
-            tokens: batch.tokens,
-        };
-        TrainOutput::new(&self.model, loss.backward(), output)
+        let model = &self.model;
+        let mut x = model.embed(batch.ids);
+        for i in 0..model.num_blocks() {
+            x = model.block(i, x);
+        }
+        let (loss, grads) = head_loss_backward(
+            model,
+            x,
+            batch.targets,
+            batch.normalizer,
+            HEAD_CHUNK_ELEMENTS,
+        );
+        TrainOutput {
+            grads,
+            item: StepOutput {
+                loss,
+                labels: batch.labels,
+                tokens: batch.tokens,
+            },
+        }
     }
 }
 
-/// Most logits the recomputing step materialises at once (16 MiB of f32; measured in
+/// Most logits the training steps materialise at once (16 MiB of f32; measured in
 /// `docs/training.md`: smaller slices saved little more and cost more time).
 pub const HEAD_CHUNK_ELEMENTS: usize = 1 << 22;
+
+/// The causal-LM loss of `model`'s head over `hidden` (the last block's output, with the autodiff
+/// graph that produced it) and the gradients of every parameter: the same loss and gradients as
+/// `causal_lm_loss(model.head(hidden), ..).backward()`.
+///
+/// The head runs a slice of positions at a time (at most `head_chunk` logits, at least one
+/// position per slice) on a detached copy of `hidden`; each slice's loss gradient is computed
+/// directly ([`causal_lm_loss_and_grad`]) and pushed back through the head, as Liger-Kernel's
+/// fused linear cross-entropy does. The `[tokens, vocab]` logits never exist whole and their
+/// log-softmax records nothing for the backward pass. The gradient reaching `hidden` then flows
+/// through the blocks in one backward pass (the gradient of `sum(hidden ⊙ g)`).
+///
+/// # Shapes
+/// - `hidden`: `[batch, seq, hidden]`
+/// - `targets`: `[batch, seq]`, the label of the next position or [`IGNORE`](crate::batch::IGNORE)
+pub fn head_loss_backward<M: CausalLm>(
+    model: &M,
+    hidden: Tensor<3>,
+    targets: Tensor<2, burn::tensor::Int>,
+    normalizer: f32,
+    head_chunk: usize,
+) -> (f32, GradientsParams) {
+    let mut accumulator = GradientsAccumulator::new();
+    let (loss, upstream) = head_slices(
+        model,
+        hidden.clone().detach(),
+        targets,
+        normalizer,
+        head_chunk,
+        &mut accumulator,
+    );
+    if hidden.is_tracked() {
+        let grads = (hidden * upstream).sum().backward();
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
+    (loss, accumulator.grads())
+}
+
+/// The head and the loss over `x` (no graph attached) a slice of positions at a time: the loss,
+/// and the gradient with respect to `x`; the head's parameter gradients go to `accumulator`.
+fn head_slices<M: CausalLm>(
+    model: &M,
+    x: Tensor<3>,
+    targets: Tensor<2, burn::tensor::Int>,
+    normalizer: f32,
+    head_chunk: usize,
+    accumulator: &mut GradientsAccumulator<M>,
+) -> (f32, Tensor<3>) {
+    let [rows, seq, hidden] = x.dims();
+    let vocab = model.vocab_size().max(1);
+    let chunk = (head_chunk / (rows * vocab).max(1)).clamp(1, seq.max(1));
+    let x = x.autodiff();
+    let mut losses = Vec::with_capacity(seq.div_ceil(chunk));
+    let mut parts = Vec::with_capacity(seq.div_ceil(chunk));
+    for start in (0..seq).step_by(chunk) {
+        let len = chunk.min(seq - start);
+        let part = x.clone().narrow(1, start, len).require_grad();
+        let logits = model.head(part.clone());
+        let slice_targets = targets.clone().narrow(1, start, len).reshape([rows * len]);
+        let (loss, grad) = causal_lm_loss_and_grad(
+            logits.clone().inner().reshape([rows * len, vocab]),
+            slice_targets.inner(),
+            normalizer,
+        );
+        losses.push(loss);
+        let grads = (logits * grad.reshape([rows, len, vocab])).sum().backward();
+        parts.push(
+            part.grad(&grads)
+                .unwrap_or_else(|| Tensor::zeros([rows, len, hidden], &x.device().inner())),
+        );
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
+    let loss = Tensor::cat(losses, 0).sum().into_scalar::<f32>();
+    (loss, Tensor::cat(parts, 1))
+}
 
 impl<M: CausalLm + 'static> CausalLmStep<M> {
     /// The same loss and gradients as [`TrainStep::step`], keeping only each decoder block's
@@ -90,31 +179,21 @@ impl<M: CausalLm + 'static> CausalLmStep<M> {
         drop(plain);
         // The head and the loss, a slice of positions at a time: the `[tokens, vocab]` logits
         // (the largest activations of a language model) never exist whole.
-        let [rows, seq, hidden] = x.dims();
-        let vocab = model.vocab_size().max(1);
-        let chunk = (head_chunk / (rows * vocab).max(1)).clamp(1, seq.max(1));
         let mut accumulator = GradientsAccumulator::new();
-        let mut loss = 0f32;
-        let mut parts = Vec::with_capacity(seq.div_ceil(chunk));
-        for start in (0..seq).step_by(chunk) {
-            let len = chunk.min(seq - start);
-            let part = x.clone().narrow(1, start, len).autodiff().require_grad();
-            let targets = batch.targets.clone().narrow(1, start, len);
-            let part_loss = causal_lm_loss(model.head(part.clone()), targets, batch.normalizer);
-            loss += part_loss.clone().into_scalar::<f32>();
-            let grads = part_loss.backward();
-            parts.push(
-                part.grad(&grads)
-                    .unwrap_or_else(|| Tensor::zeros([rows, len, hidden], &x.device())),
-            );
-            accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
-        }
+        let (loss, upstream) = head_slices(
+            model,
+            x,
+            batch.targets.clone(),
+            batch.normalizer,
+            head_chunk,
+            &mut accumulator,
+        );
         let output = StepOutput {
             loss,
             labels: batch.labels,
             tokens: batch.tokens,
         };
-        let mut upstream = Some(Tensor::cat(parts, 1));
+        let mut upstream = Some(upstream);
         for (i, input) in inputs.into_iter().enumerate().rev() {
             let Some(g) = upstream else { break };
             let input = input.autodiff().require_grad();
@@ -188,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn recomputing_gives_the_plain_steps_loss_and_gradients() {
+    fn sliced_and_recomputing_steps_give_autodiffs_loss_and_gradients() {
         for tied in [false, true] {
             let step = CausalLmStep { model: model(tied) };
             let device = Device::default().autodiff();
@@ -200,19 +279,32 @@ mod tests {
                 .collect();
             let refs: Vec<&Example> = examples.iter().collect();
             let batch = TokenBatch::new(&refs, 0, 7.0, &device);
-            let plain = TrainStep::step(&step, batch.clone());
+            // The reference: the whole logits, transformers' loss through autodiff.
+            let loss = causal_lm_loss(
+                step.model.forward(batch.ids.clone()),
+                batch.targets.clone(),
+                batch.normalizer,
+            );
+            let expected = loss.clone().into_scalar::<f32>();
+            let reference = GradientsParams::from_grads(loss.backward(), &step.model);
+            let sliced = TrainStep::step(&step, batch.clone());
             // 2 rows × 40 logits × 2 positions per slice: five slices of the head.
             let recomputed = step.step_recomputing_with(batch, 160);
-            let (a, b) = (plain.item.loss, recomputed.item.loss);
-            assert!((a - b).abs() <= 1e-6 * a.abs(), "loss {a} vs {b}");
-            let mut compare = Compare(&plain.grads, &recomputed.grads, 0.0, 0);
-            step.model.visit(&mut compare);
-            assert!(compare.3 > 10, "only {} gradients", compare.3);
-            assert!(
-                compare.2 <= 1e-6,
-                "tied {tied}: gradients differ by {}",
-                compare.2
-            );
+            for (name, out) in [("sliced", sliced), ("recomputing", recomputed)] {
+                let got = out.item.loss;
+                assert!(
+                    (got - expected).abs() <= 1e-6 * expected.abs(),
+                    "{name}: loss {got} vs {expected}"
+                );
+                let mut compare = Compare(&reference, &out.grads, 0.0, 0);
+                step.model.visit(&mut compare);
+                assert!(compare.3 > 10, "{name}: only {} gradients", compare.3);
+                assert!(
+                    compare.2 <= 1e-6,
+                    "{name}, tied {tied}: gradients differ by {}",
+                    compare.2
+                );
+            }
         }
     }
 }
