@@ -2,27 +2,35 @@
 //!
 //! ```text
 //! guide [--models 125m,350m,1.3b] [--quick] [--methods frozen,lora-qv,..] [--batch B] [--seq S]
-//!       [--steps N] [--vs-pytorch] [--python PY] [--out docs]
+//!       [--steps N] [--reps N] [--vs-pytorch] [--python PY] [--out docs]
 //! guide --from-json docs/method_comparison/results.json [--out docs]   # re-render only
+//! guide --memory --models M --methods K [--batch B] [--seq S]   # one row's step memory
 //! ```
 //!
 //! For each model (OPT architectures with random weights: same shapes and FLOPs as the real
 //! checkpoints) and each method, it measures trainable parameters, adapter file size, the
-//! training-step time (AdamW; LoRA-FA with its own optimizer), the peak memory of a training step
-//! (a counting allocator: host backends), and inference latency unmerged and merged. With
-//! `--vs-pytorch` it runs the same rows in HF PEFT (`pytorch.py`) and adds ratios. It prints
-//! tables, writes `results.json`, SVG charts and the measured sections of
-//! `docs/method_comparison*.md`.
+//! training-step time (AdamW; LoRA-FA with its own optimizer), the peak heap of a training step
+//! (a counting allocator: host backends), the step's peak resident-set growth (each row alone in
+//! a process of its own), and inference latency unmerged and merged.
+//!
+//! Every row of a model shares one set of random weights and runs in rounds: a training step of
+//! each row, then the next round (one warm-up round, then `--steps` timed ones); inference the
+//! same way. Each figure is a median with its min–max over the rounds, and a ratio of two rows is
+//! taken round by round, so that the machine's drifting load touches both sides of it alike. With
+//! `--vs-pytorch` the same rows run in HF PEFT in a persistent worker (`pytorch.py --worker`),
+//! each PyTorch step right after ours in the same round. It prints tables, writes
+//! `results.json`, SVG charts and the measured sections of `docs/method_comparison*.md`.
 
 mod measure;
 mod pytorch;
 mod report;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use measure::{Method, Settings};
+use measure::{Method, Row, Samples, Settings};
 use peak_alloc::PeakAlloc;
 use peft_models::OptConfig;
 use serde_json::{Value, json};
@@ -101,6 +109,20 @@ fn main() {
             })
             .collect(),
     };
+    if args.iter().any(|a| a == "--memory") {
+        // One row alone in this process, as `pytorch.py --memory` measures it.
+        let model = get("--models").unwrap_or_default();
+        let config = opt_config(&model);
+        let mut settings = Settings::for_model(&model, quick);
+        settings.batch = num("--batch").unwrap_or(settings.batch);
+        settings.seq = num("--seq").unwrap_or(settings.seq);
+        let [method] = methods[..] else {
+            fail("--memory takes one --methods".into())
+        };
+        let growth = measure::peak_rss_growth(&config, method, &settings);
+        println!("{}", json!({ "peak_rss_growth_bytes": growth }));
+        return;
+    }
     let python = get("--python").unwrap_or_else(|| "python3".into());
     let torch = if vs_pytorch {
         match pytorch::probe(&python) {
@@ -120,43 +142,20 @@ fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut all = serde_json::Map::new();
     for name in models.split(',') {
-        let config = match name {
-            "125m" => OptConfig::opt_125m(),
-            "350m" => OptConfig::opt_350m(),
-            "1.3b" => OptConfig::opt_1_3b(),
-            other => fail(format!("unknown model `{other}` (125m, 350m, 1.3b)")),
-        };
+        let config = opt_config(name);
         let mut settings = Settings::for_model(name, quick);
         settings.batch = num("--batch").unwrap_or(settings.batch);
         settings.seq = num("--seq").unwrap_or(settings.seq);
         settings.steps = num("--steps").unwrap_or(settings.steps).max(1);
-        let per_method = if torch.is_some() { 2 } else { 1 };
-        let bar = ProgressBar::new((methods.len() * per_method) as u64);
-        bar.set_style(
-            ProgressStyle::with_template("OPT-{prefix} {bar:25} {pos}/{len} {msg}")
-                .expect("template"),
+        settings.reps = num("--reps").unwrap_or(settings.reps).max(1);
+        let rows = run_model(
+            name,
+            &config,
+            &methods,
+            &settings,
+            torch.as_deref(),
+            threads,
         );
-        bar.set_prefix(name.to_string());
-        let params = measure::total_params(&config);
-        let mut rows = Vec::new();
-        for &method in &methods {
-            bar.set_message(method.label());
-            let mut row = match skip_reason(method, params) {
-                Some(why) => json!({"key": method.key(), "method": method.label(), "skipped": why}),
-                None => measure::measure(&config, method, &settings),
-            };
-            bar.inc(1);
-            if let Some(python) = &torch {
-                bar.set_message(format!("{} (PyTorch)", method.label()));
-                if row.get("skipped").is_none() {
-                    row["pytorch"] = pytorch::run(python, &config, method, &settings, threads)
-                        .unwrap_or_else(|e| json!({"skipped": e}));
-                }
-                bar.inc(1);
-            }
-            rows.push(row);
-        }
-        bar.finish_and_clear();
         all.insert(
             name.to_string(),
             json!({
@@ -183,6 +182,206 @@ fn main() {
     }
     publish(&meta, &out);
     eprintln!("guide: wrote {}", results.display());
+}
+
+fn opt_config(name: &str) -> OptConfig {
+    match name {
+        "125m" => OptConfig::opt_125m(),
+        "350m" => OptConfig::opt_350m(),
+        "1.3b" => OptConfig::opt_1_3b(),
+        other => fail(format!("unknown model `{other}` (125m, 350m, 1.3b)")),
+    }
+}
+
+/// PyTorch's side of one model: the worker and each row's samples, or why there is none.
+struct Torch {
+    worker: Option<pytorch::Worker>,
+    setup: Value,
+    samples: HashMap<&'static str, Samples>,
+    failed: Option<String>,
+}
+
+impl Torch {
+    fn start(
+        python: &str,
+        config: &OptConfig,
+        methods: &[Method],
+        s: &Settings,
+        threads: usize,
+    ) -> Self {
+        match pytorch::Worker::start(python, config, methods, s, threads) {
+            Ok((worker, setup)) => Self {
+                worker: Some(worker),
+                setup,
+                samples: HashMap::new(),
+                failed: None,
+            },
+            Err(e) => Self {
+                worker: None,
+                setup: Value::Null,
+                samples: HashMap::new(),
+                failed: Some(e),
+            },
+        }
+    }
+
+    /// Whether `key` has a PyTorch row that still runs.
+    fn has(&self, key: &str) -> bool {
+        self.worker.is_some() && self.setup["rows"][key].get("skipped").is_none()
+    }
+
+    /// Runs `f` on the worker; a failure ends PyTorch's side of this model, with its reason.
+    fn call<T>(&mut self, f: impl FnOnce(&mut pytorch::Worker) -> Result<T, String>) -> Option<T> {
+        let result = f(self.worker.as_mut()?);
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("guide: PyTorch side stopped: {e}");
+                self.worker = None;
+                self.failed = Some(e);
+                None
+            }
+        }
+    }
+}
+
+/// Measures every row of one model in rounds (ours, then PyTorch's, row by row), then each
+/// row's step memory in a process of its own; returns the rows' JSON objects.
+fn run_model(
+    name: &str,
+    config: &OptConfig,
+    methods: &[Method],
+    s: &Settings,
+    python: Option<&str>,
+    threads: usize,
+) -> Vec<Value> {
+    let params = measure::total_params(config);
+    let (runs, skipped): (Vec<Method>, Vec<Method>) = methods
+        .iter()
+        .copied()
+        .partition(|&m| skip_reason(m, params).is_none());
+    let device = Device::default().autodiff();
+    let plain = Device::default();
+    let base = config.init(&device).expect("valid OPT config");
+    let mut rows: Vec<Row> = runs.iter().map(|&m| Row::new(&base, config, m)).collect();
+    drop(base);
+    let mut torch = python.map(|py| Torch::start(py, config, &runs, s, threads));
+    let per_row = (s.steps + 1 + s.reps + 1 + 1) as u64;
+    let bar = ProgressBar::new(per_row * rows.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("OPT-{prefix} {bar:25} {pos}/{len} {msg}").expect("template"),
+    );
+    bar.set_prefix(name.to_string());
+    for round in 0..=s.steps {
+        bar.set_message(format!("training round {round} of {}", s.steps));
+        let input = measure::ids(s.batch, s.seq, config.vocab_size, &device);
+        for row in &mut rows {
+            row.train_step(&input, round > 0);
+            let key = row.method.key();
+            if let Some(t) = torch.as_mut().filter(|t| t.has(key))
+                && let Some(dt) = t.call(|w| w.step(key))
+                && round > 0
+            {
+                t.samples.entry(key).or_default().step_s.push(dt);
+            }
+            bar.inc(1);
+        }
+    }
+    for row in &mut rows {
+        row.finish_training();
+    }
+    for round in 0..=s.reps {
+        bar.set_message(format!("inference round {round} of {}", s.reps));
+        let prompt = measure::ids(1, s.seq, config.vocab_size, &plain);
+        let token = measure::ids(1, 1, config.vocab_size, &plain);
+        // A merged adapter is the base architecture: PyTorch's merged figures are the base's.
+        let merged = torch.as_mut().and_then(|t| t.call(|w| w.infer("base")));
+        for row in &mut rows {
+            row.infer(&prompt, &token, round > 0);
+            let key = row.method.key();
+            if let Some(t) = torch.as_mut().filter(|t| t.has(key))
+                && let (Some((up, ut)), Some((mp, mt))) = (t.call(|w| w.infer(key)), merged)
+                && round > 0
+            {
+                let x = t.samples.entry(key).or_default();
+                x.prompt_unmerged_s.push(up);
+                x.token_unmerged_s.push(ut);
+                x.prompt_merged_s.push(mp);
+                x.token_merged_s.push(mt);
+            }
+            bar.inc(1);
+        }
+    }
+    let mut out: Vec<Value> = rows.iter().map(|r| r.json(s)).collect();
+    drop(rows);
+    let torch = torch.map(|mut t| {
+        t.worker = None;
+        t
+    });
+    // Memory: each row alone in a fresh process, both sides measured the same way.
+    for row in &mut out {
+        let key = row["key"].as_str().unwrap_or("").to_string();
+        bar.set_message(format!("{key}: memory"));
+        let method = methods.iter().copied().find(|m| m.key() == key);
+        if let Some(method) = method {
+            match own_memory(name, method, s) {
+                Ok(b) => row["peak_rss_growth_bytes"] = json!(b),
+                Err(e) => eprintln!("guide: {key}: {e}"),
+            }
+            if let (Some(t), Some(py)) = (&torch, python) {
+                row["pytorch"] = pytorch_row(t, &key, py, config, method, s, threads);
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    for m in skipped {
+        let why = skip_reason(m, params).unwrap_or_default();
+        out.push(json!({"key": m.key(), "method": m.label(), "skipped": why}));
+    }
+    // Table order.
+    out.sort_by_key(|r| Method::ALL.iter().position(|m| r["key"] == m.key()));
+    out
+}
+
+/// PyTorch's figures of row `key`: medians, spreads and samples, and its step memory.
+fn pytorch_row(
+    t: &Torch,
+    key: &str,
+    python: &str,
+    config: &OptConfig,
+    method: Method,
+    s: &Settings,
+    threads: usize,
+) -> Value {
+    let info = &t.setup["rows"][key];
+    if let Some(why) = t.failed.as_ref() {
+        return json!({"skipped": why});
+    }
+    if info.get("skipped").is_some() || info.is_null() {
+        return info.clone();
+    }
+    let mut p = info.clone();
+    p["versions"] = t.setup["versions"].clone();
+    let samples = t.samples.get(key).cloned().unwrap_or_default();
+    measure::put_samples(&mut p, &samples);
+    p["tokens_per_s"] = json!((s.batch * s.seq) as f64 / p["step_s"].as_f64().unwrap_or(f64::NAN));
+    match pytorch::memory(python, config, method, s, threads) {
+        Ok(b) => p["peak_rss_growth_bytes"] = json!(b),
+        Err(e) => eprintln!("guide: {key} (PyTorch): {e}"),
+    }
+    p
+}
+
+/// This binary's `--memory` run of one row: the step's peak resident-set growth.
+fn own_memory(model: &str, method: Method, s: &Settings) -> Result<u64, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let out = std::process::Command::new(exe)
+        .args(["--memory", "--models", model, "--methods", method.key()])
+        .args(["--batch", &s.batch.to_string(), "--seq", &s.seq.to_string()])
+        .output()
+        .map_err(|e| format!("cannot rerun this binary: {e}"))?;
+    pytorch::parse_memory(&out, "guide --memory")
 }
 
 /// Prints the tables and writes the charts, the guide's measured section and the method pages
@@ -219,7 +418,7 @@ fn publish(meta: &Value, out: &Path) {
             ));
         }
         section.push_str(&format!(
-            "The targets of issue #6 on this model:\n\n{targets}\n"
+            "Targets on this model (each ratio taken round by round; met or missed only when its whole spread is on one side of the bound):\n\n{targets}\n"
         ));
         for (key, scale, unit, title, file) in [
             ("step_s", 1e3, "ms", "train step (lower is better)", "step"),
@@ -246,7 +445,7 @@ fn publish(meta: &Value, out: &Path) {
         md.push('\n');
     }
     let header = format!(
-        "Measured by `cargo xtask bench{}{}` on backend {backend} with {threads} threads: OPT architectures with random weights, AdamW steps after one warm-up, medians. Ratios are within one run; the machine is shared and noisy.\n\n",
+        "Measured by `cargo xtask bench{}{}` on backend {backend} with {threads} threads: OPT architectures with random weights shared by every row; the rows (and PyTorch's, in a persistent worker) run interleaved in rounds after one warm-up round; times are medians with their min–max over the rounds, and a ratio is taken round by round. The machine is shared and noisy: a difference inside the spread is not a result.\n\n",
         if quick { " --quick" } else { "" },
         if torch { " --vs-pytorch" } else { "" },
     );

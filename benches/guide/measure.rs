@@ -1,19 +1,21 @@
-//! One row of the method comparison: build an OPT model with random weights, attach a method,
-//! and measure parameters, adapter file size, training step time, peak training memory and
-//! inference latency (unmerged and merged).
+//! The rows of the method comparison: one OPT model with random weights shared by every row,
+//! each row a method attached to it, measured in rounds (a training step of every row, then the
+//! next round) so that a change in the machine's load touches every row alike.
 
 use std::time::Instant;
 
 use burn::module::{Lora, Module, ParamGroup};
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use peft_bone::{BoneConfig, BoneMode, BoneModel};
 use peft_core::{KeyMap, TargetModules};
 use peft_lora::{InjectOptions, LoraConfig, LoraModel};
 use peft_lorafa::LoraFaOptimizerConfig;
 use peft_models::{CausalLm, OptConfig, OptForCausalLm};
+use peft_train::step::{HEAD_CHUNK_ELEMENTS, head_loss_backward};
 use serde_json::{Value, json};
+
+use peft_benches::Spread;
 
 use crate::ALLOC;
 
@@ -93,35 +95,35 @@ pub struct Settings {
     pub batch: usize,
     /// Tokens per training sequence (and prompt length).
     pub seq: usize,
-    /// Timed training steps (after one warm-up step).
+    /// Timed training steps per row (after one warm-up step), one per round.
     pub steps: usize,
-    /// Timed inference repetitions.
+    /// Timed inference repetitions per row (after one warm-up), one per round.
     pub reps: usize,
 }
 
 impl Settings {
     /// The default settings for a model (`125m`, `350m`, `1.3b`), or the quick ones.
     ///
-    /// OPT-1.3b trains one sequence per step so that the default run stays well under an hour on
-    /// two cores.
+    /// Five timed rounds (the fewest that give a median with a spread); OPT-1.3b trains one
+    /// sequence per step.
     pub fn for_model(name: &str, quick: bool) -> Self {
         match (quick, name) {
             (true, _) => Self {
                 batch: 1,
                 seq: 64,
-                steps: 1,
-                reps: 2,
+                steps: 3,
+                reps: 3,
             },
             (false, "1.3b") => Self {
                 batch: 1,
                 seq: 256,
-                steps: 2,
-                reps: 3,
+                steps: 5,
+                reps: 5,
             },
             (false, _) => Self {
                 batch: 4,
                 seq: 256,
-                steps: 3,
+                steps: 5,
                 reps: 5,
             },
         }
@@ -137,6 +139,7 @@ pub fn total_params(config: &OptConfig) -> usize {
 }
 
 /// A model under one method: the trainable model and how to step, save and merge it.
+#[derive(Clone)]
 enum Adapted {
     Full(OptForCausalLm),
     Lora(LoraModel<OptForCausalLm>),
@@ -158,19 +161,24 @@ impl Adapted {
             Adapted::Bone(b) => b.model = m,
         }
     }
+    /// The adapters folded into the weights: the base architecture, no autodiff.
+    fn merged(self) -> OptForCausalLm {
+        match self {
+            Adapted::Lora(l) => l.merge_and_unload(),
+            Adapted::Bone(b) => b.merge_and_unload(),
+            Adapted::Full(m) => m.materialize(),
+        }
+        .valid()
+    }
 }
 
 fn qv() -> TargetModules {
     TargetModules::names(["q_proj", "v_proj"])
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn build(config: &OptConfig, method: Method, device: &Device) -> (Adapted, usize, usize) {
-    let model = config.init(device).expect("valid OPT config");
+/// `method` attached to `base` (whose weights it shares until training changes them).
+fn build(base: &OptForCausalLm, config: &OptConfig, method: Method) -> (Adapted, usize, usize) {
+    let model = base.clone();
     let total = model.num_params();
     let lora = |targets: TargetModules| LoraConfig::new(targets).with_r(16).with_alpha(16.0);
     let inject =
@@ -243,7 +251,8 @@ fn optimizer(method: Method, adapted: &Adapted) -> ModuleOptimizer {
     }
 }
 
-fn ids(batch: usize, seq: usize, vocab: usize, device: &Device) -> Tensor<2, Int> {
+/// Random token ids `[batch, seq]` below `vocab`.
+pub fn ids(batch: usize, seq: usize, vocab: usize, device: &Device) -> Tensor<2, Int> {
     Tensor::<2>::random(
         [batch, seq],
         Distribution::Uniform(0.0, vocab as f64),
@@ -252,112 +261,228 @@ fn ids(batch: usize, seq: usize, vocab: usize, device: &Device) -> Tensor<2, Int
     .int()
 }
 
-/// Measures one row; returns a JSON object.
-pub fn measure(config: &OptConfig, method: Method, s: &Settings) -> Value {
-    let device = Device::default().autodiff();
-    let (mut adapted, trainable, total) = build(config, method, &device);
-    let vocab = config.vocab_size;
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let mut optim = optimizer(method, &adapted);
-    let mut step_times = Vec::new();
-    let mut peak = 0usize;
-    // The heap just before the step with the highest growth, and that step's absolute peak.
-    let (mut heap_before, mut peak_heap) = (0usize, 0usize);
-    for step in 0..=s.steps {
-        let input = ids(s.batch, s.seq, vocab, &device);
-        let targets = input.clone().reshape([s.batch * s.seq]);
+/// Timed samples of a row, one per round, in seconds.
+#[derive(Debug, Default, Clone)]
+pub struct Samples {
+    /// Training steps.
+    pub step_s: Vec<f64>,
+    /// A prompt of `seq` tokens, adapters unmerged.
+    pub prompt_unmerged_s: Vec<f64>,
+    /// The same prompt, adapters merged.
+    pub prompt_merged_s: Vec<f64>,
+    /// One token, adapters unmerged.
+    pub token_unmerged_s: Vec<f64>,
+    /// One token, adapters merged.
+    pub token_merged_s: Vec<f64>,
+}
+
+impl Samples {
+    /// Every series by its JSON key.
+    pub fn series(&self) -> [(&'static str, &Vec<f64>); 5] {
+        [
+            ("step_s", &self.step_s),
+            ("prompt_unmerged_s", &self.prompt_unmerged_s),
+            ("prompt_merged_s", &self.prompt_merged_s),
+            ("token_unmerged_s", &self.token_unmerged_s),
+            ("token_merged_s", &self.token_merged_s),
+        ]
+    }
+}
+
+/// One method on the shared model, with what was measured of it so far.
+pub struct Row {
+    /// The method.
+    pub method: Method,
+    adapted: Adapted,
+    optim: Option<ModuleOptimizer>,
+    trainable: usize,
+    total: usize,
+    /// Timed samples.
+    pub samples: Samples,
+    /// Largest heap growth of a step, the heap before that step, and that step's peak heap.
+    peak: (usize, usize, usize),
+    file_bytes: u64,
+    /// The model without autodiff, adapters unmerged (after training).
+    unmerged: Option<OptForCausalLm>,
+}
+
+impl Row {
+    /// `method` on `base` (an autodiff model).
+    pub fn new(base: &OptForCausalLm, config: &OptConfig, method: Method) -> Self {
+        let (adapted, trainable, total) = build(base, config, method);
+        let optim = Some(optimizer(method, &adapted));
+        Self {
+            method,
+            adapted,
+            optim,
+            trainable,
+            total,
+            samples: Samples::default(),
+            peak: (0, 0, 0),
+            file_bytes: 0,
+            unmerged: None,
+        }
+    }
+
+    /// One AdamW step (lr 1e-4) on the cross-entropy of the logits against `input` itself (the
+    /// mean over every position), computed as `peft train` does: the blocks through autodiff, the
+    /// head and the loss a slice of positions at a time with the loss's gradient computed
+    /// directly ([`peft_train::head_loss_backward`]); its time is kept when `timed`.
+    pub fn train_step(&mut self, input: &Tensor<2, Int>, timed: bool) {
+        let Some(optim) = self.optim.as_mut() else {
+            return;
+        };
+        let [batch, seq] = input.dims();
+        let device = input.device();
         let before = ALLOC.current_usage();
         ALLOC.reset_peak_usage();
         let t0 = Instant::now();
-        let model = adapted.model();
-        let logits = if method == Method::FrozenBase {
+        let model = self.adapted.model();
+        let mut x = model.embed(input.clone());
+        if self.method == Method::FrozenBase {
             // Nothing trains: back-propagate to the first block's input instead.
-            model.forward_embeds(model.embed(input).detach().require_grad())
-        } else {
-            model.forward(input)
+            x = x.detach().require_grad();
         }
-        .reshape([s.batch * s.seq, vocab]);
-        let loss = loss_fn.forward(logits, targets);
-        let grads = GradientsParams::from_grads(loss.backward(), adapted.model());
-        let stepped = optim.step(1e-4, adapted.model().clone(), grads);
-        adapted.set_model(stepped);
+        for i in 0..model.num_blocks() {
+            x = model.block(i, x);
+        }
+        let (_, grads) = head_loss_backward(
+            model,
+            x,
+            input.clone(),
+            (batch * seq) as f32,
+            HEAD_CHUNK_ELEMENTS,
+        );
+        let stepped = optim.step(1e-4, self.adapted.model().clone(), grads);
+        self.adapted.set_model(stepped);
         device.sync().expect("device sync");
         let dt = t0.elapsed().as_secs_f64();
         let growth = ALLOC.peak_usage().saturating_sub(before);
-        if growth >= peak {
-            (peak, heap_before, peak_heap) = (growth, before, ALLOC.peak_usage());
+        if growth >= self.peak.0 {
+            self.peak = (growth, before, ALLOC.peak_usage());
         }
-        if step > 0 {
-            step_times.push(dt);
+        if timed {
+            self.samples.step_s.push(dt);
         }
     }
-    drop(optim);
-    // Adapter file size (full fine-tuning and burn's path: the whole model in f32).
-    let dir = std::env::temp_dir().join(format!("peft-guide-{}", std::process::id()));
-    let file_bytes = match &adapted {
-        Adapted::Lora(l) => {
-            l.save(&dir).expect("save");
-            std::fs::metadata(dir.join("adapter_model.safetensors"))
-                .map(|m| m.len())
-                .unwrap_or(0)
-        }
-        Adapted::Bone(b) => {
-            b.save(&dir).expect("save");
-            std::fs::metadata(dir.join("adapter_model.safetensors"))
-                .map(|m| m.len())
-                .unwrap_or(0)
-        }
-        Adapted::Full(_) => (trainable * 4) as u64,
-    };
-    std::fs::remove_dir_all(&dir).ok();
-    // Inference without autodiff: unmerged, then merged.
-    let plain = Device::default();
-    let time = |f: &dyn Fn()| {
-        f();
-        median(
-            (0..s.reps)
-                .map(|_| {
-                    let t0 = Instant::now();
-                    f();
-                    plain.sync().expect("device sync");
-                    t0.elapsed().as_secs_f64()
-                })
-                .collect(),
-        )
-    };
-    let prompt = ids(1, s.seq, vocab, &plain);
-    let token = ids(1, 1, vocab, &plain);
-    let unmerged = adapted.model().clone().valid();
-    let (u_prompt, u_token) = (
-        time(&|| drop(unmerged.forward(prompt.clone()))),
-        time(&|| drop(unmerged.forward(token.clone()))),
-    );
-    let merged = match adapted {
-        Adapted::Lora(l) => l.merge_and_unload(),
-        Adapted::Bone(b) => b.merge_and_unload(),
-        Adapted::Full(m) => m.materialize(),
+
+    /// Ends training: drops the optimizer state, measures the adapter file and keeps the model
+    /// without autodiff for inference.
+    pub fn finish_training(&mut self) {
+        self.optim = None;
+        // Adapter file size (full fine-tuning and burn's path: the whole model in f32).
+        let dir = std::env::temp_dir().join(format!(
+            "peft-guide-{}-{}",
+            std::process::id(),
+            self.method.key()
+        ));
+        let saved = |r: Result<(), String>| {
+            r.expect("save");
+            std::fs::metadata(dir.join("adapter_model.safetensors")).map_or(0, |m| m.len())
+        };
+        self.file_bytes = match &self.adapted {
+            Adapted::Lora(l) => saved(l.save(&dir).map_err(|e| e.to_string())),
+            Adapted::Bone(b) => saved(b.save(&dir).map_err(|e| e.to_string())),
+            Adapted::Full(_) => (self.trainable * 4) as u64,
+        };
+        std::fs::remove_dir_all(&dir).ok();
+        self.unmerged = Some(self.adapted.model().clone().valid());
     }
-    .valid();
-    let (m_prompt, m_token) = (
-        time(&|| drop(merged.forward(prompt.clone()))),
-        time(&|| drop(merged.forward(token.clone()))),
-    );
-    let step = median(step_times);
-    json!({
-        "key": method.key(),
-        "method": method.label(),
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_percent": 100.0 * trainable as f64 / total as f64,
-        "file_bytes": file_bytes,
-        "step_s": step,
-        "tokens_per_s": (s.batch * s.seq) as f64 / step,
-        "peak_step_bytes": peak,
-        "heap_before_step_bytes": heap_before,
-        "peak_heap_bytes": peak_heap,
-        "prompt_unmerged_s": u_prompt,
-        "prompt_merged_s": m_prompt,
-        "token_unmerged_s": u_token,
-        "token_merged_s": m_token,
-    })
+
+    /// One round of inference: a prompt and one token, unmerged, then merged (the merge itself
+    /// is not timed and is dropped after the round, so that only one merged copy exists at a
+    /// time); the times are kept when `timed`.
+    pub fn infer(&mut self, prompt: &Tensor<2, Int>, token: &Tensor<2, Int>, timed: bool) {
+        let time = |model: &OptForCausalLm, ids: &Tensor<2, Int>| {
+            let t0 = Instant::now();
+            drop(model.forward(ids.clone()));
+            prompt.device().sync().expect("device sync");
+            t0.elapsed().as_secs_f64()
+        };
+        let Some(unmerged) = &self.unmerged else {
+            return;
+        };
+        let (up, ut) = (time(unmerged, prompt), time(unmerged, token));
+        let merged = self.adapted.clone().merged();
+        let (mp, mt) = (time(&merged, prompt), time(&merged, token));
+        if timed {
+            let s = &mut self.samples;
+            s.prompt_unmerged_s.push(up);
+            s.token_unmerged_s.push(ut);
+            s.prompt_merged_s.push(mp);
+            s.token_merged_s.push(mt);
+        }
+    }
+
+    /// The row as JSON: medians under the figures' keys, spreads and samples beside them.
+    pub fn json(&self, s: &Settings) -> Value {
+        let mut row = json!({
+            "key": self.method.key(),
+            "method": self.method.label(),
+            "trainable_params": self.trainable,
+            "total_params": self.total,
+            "trainable_percent": 100.0 * self.trainable as f64 / self.total as f64,
+            "file_bytes": self.file_bytes,
+            "peak_step_bytes": self.peak.0,
+            "heap_before_step_bytes": self.peak.1,
+            "peak_heap_bytes": self.peak.2,
+        });
+        put_samples(&mut row, &self.samples);
+        row["tokens_per_s"] =
+            json!((s.batch * s.seq) as f64 / row["step_s"].as_f64().unwrap_or(f64::NAN));
+        row
+    }
+}
+
+/// Writes each series of `samples` into `row`: the median under its key, `{key}_min`,
+/// `{key}_max`, and every sample under `samples.{key}`.
+pub fn put_samples(row: &mut Value, samples: &Samples) {
+    for (key, series) in samples.series() {
+        let spread = Spread::of(series);
+        row[key] = json!(spread.median);
+        row[format!("{key}_min")] = json!(spread.min);
+        row[format!("{key}_max")] = json!(spread.max);
+        row["samples"][key] = json!(series);
+    }
+}
+
+/// Resident set size of this process now (`/proc/self/statm`), in bytes.
+pub fn rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// The peak resident set size since the last [`reset_peak_rss`] (`VmHWM`), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Resets the kernel's peak resident set size of this process to its current size
+/// (`/proc/self/clear_refs`, Linux 4.0+).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The memory a training step takes, measured as PyTorch's side measures it (`pytorch.py
+/// --memory`): in a process that holds only this row, the growth of the peak resident set over
+/// the resident set before the first step, over one warm-up and one more step.
+pub fn peak_rss_growth(config: &OptConfig, method: Method, s: &Settings) -> u64 {
+    let device = Device::default().autodiff();
+    let base = config.init(&device).expect("valid OPT config");
+    let mut row = Row::new(&base, config, method);
+    drop(base);
+    let input = ids(s.batch, s.seq, config.vocab_size, &device);
+    reset_peak_rss();
+    let before = rss_bytes();
+    row.train_step(&input, false);
+    row.train_step(&input, false);
+    peak_rss_bytes().saturating_sub(before)
 }

@@ -1,141 +1,215 @@
-"""One row of the method comparison in HF PEFT on PyTorch, for `cargo xtask bench --vs-pytorch`.
+"""The method comparison's rows in HF PEFT on PyTorch, for `cargo xtask bench --vs-pytorch`.
 
-Runs the same configuration as `benches/guide/measure.rs` (OPT with random weights, the same
-method, batch, sequence length, timed steps and repetitions, AdamW at lr 1e-4, cross-entropy of
-the logits against the input ids) and prints one JSON object on stdout:
+The same configuration as `benches/guide/measure.rs`: OPT with random weights, the same method,
+batch, sequence length, AdamW at lr 1e-4, cross-entropy of the logits against the input ids.
 
-    python3 pytorch.py '{"config": {...OPTConfig...}, "method": "lora-qv", "batch": 4,
-                         "seq": 256, "steps": 3, "reps": 5, "threads": 2}'
+Two modes:
 
-Memory is the growth of the process's peak resident set over the resident set before the first
-step (one process per row), not the counting allocator the Rust rows use.
+    python3 pytorch.py --worker
+        A persistent worker, so that the guide runs PyTorch's rows in the same rounds as its
+        own and import time never counts. It reads one JSON command per line on stdin and
+        answers one JSON line on stdout:
+          {"cmd": "setup", "config": {...OPTConfig...}, "methods": [...], "batch": 4,
+           "seq": 256, "threads": 2}           -> {"rows": {key: {...} | {"skipped": why}},
+                                                   "versions": {...}}
+          {"cmd": "step", "method": key}       -> {"s": seconds}  (one training step)
+          {"cmd": "infer", "method": key}      -> {"prompt_s": .., "token_s": ..}  (no grad)
+          {"cmd": "quit"}
+        Every row shares the base model's weight tensors (full fine-tuning gets its own copy),
+        as the Rust rows do. A merged adapter is the base architecture with other weight
+        values, so `"method": "base"` times the merged figures of every row.
+
+    python3 pytorch.py --memory '{"config": ..., "method": key, "batch": 4, "seq": 256,
+                                  "threads": 2}'
+        One row alone in this process: the growth of the peak resident set over the resident
+        set before the first step, over one warm-up and one more step (the Rust side measures
+        the same way: `guide --memory`).
 """
 
 import json
-import resource
+import re
 import sys
 import time
+import warnings
+
+# transformers' deprecation notices on every training step would flood the guide's output.
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+QV = ["q_proj", "v_proj"]
+NO_COUNTERPART = {"burn-lora"}
 
 
 def rss_bytes():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+        return int(f.read().split()[1]) * 4096
 
 
 def peak_rss_bytes():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) * 1024
 
 
-def main():
-    spec = json.loads(sys.argv[1])
-    import torch
-    import torch.nn.functional as F
-    from transformers import OPTConfig, OPTForCausalLM
-    import peft
+def reset_peak_rss():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
-    torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
-    method = spec["method"]
-    model = OPTForCausalLM(OPTConfig(**spec["config"])).float()
-    total = sum(p.numel() for p in model.parameters())
-    qv = ["q_proj", "v_proj"]
-    optimizer = None
-    if method == "frozen":
+
+class Row:
+    """One method on a model whose frozen weights are `base`'s tensors."""
+
+    def __init__(self, base, config, method, batch, seq):
+        import torch
+        import peft
+        from transformers import OPTForCausalLM
+
+        self.method, self.batch, self.seq = method, batch, seq
+        self.vocab = config.vocab_size
+        state = base.state_dict()
+        if method == "full":
+            state = {k: v.clone() for k, v in state.items()}
+        with torch.device("meta"):
+            model = OPTForCausalLM(config)
+        model.load_state_dict(state, assign=True)
+        model.tie_weights()
         model.requires_grad_(False)
-    elif method == "full":
-        pass
-    elif method in ("lora-qv", "lora-all", "lorafa-qv", "dora-qv"):
-        targets = "all-linear" if method == "lora-all" else qv
-        model = peft.get_peft_model(
-            model, peft.LoraConfig(r=16, lora_alpha=16, target_modules=targets,
-                                   use_dora=method == "dora-qv")
-        )
-        if method == "lorafa-qv":
-            from peft.optimizers import create_lorafa_optimizer
+        self.total = sum(p.numel() for p in model.parameters())
+        optimizer = None
+        if method == "full":
+            model.requires_grad_(True)
+        elif method in ("lora-qv", "lora-all", "lorafa-qv", "dora-qv"):
+            targets = "all-linear" if method == "lora-all" else QV
+            model = peft.get_peft_model(
+                model,
+                peft.LoraConfig(r=16, lora_alpha=16, target_modules=targets,
+                                use_dora=method == "dora-qv"),
+            )
+            if method == "lorafa-qv":
+                from peft.optimizers import create_lorafa_optimizer
 
-            optimizer = create_lorafa_optimizer(model, r=16, lora_alpha=16, lr=1e-4)
-    elif method in ("bone", "bone-bat"):
-        init = "bat" if method == "bone-bat" else True
-        model = peft.get_peft_model(
-            model, peft.MissConfig(r=64, target_modules=qv, init_weights=init)
-        )
-    else:
-        print(json.dumps({"skipped": f"no PyTorch counterpart for `{method}`"}))
-        return
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if optimizer is None and trainable:
-        optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=1e-4
-        )
-    vocab = spec["config"]["vocab_size"]
-    batch, seq = spec["batch"], spec["seq"]
-    model.train()
-    # transformers' OPT has dropout 0.1 by default; the Rust models have none.
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    before = rss_bytes()
-    times = []
-    for step in range(spec["steps"] + 1):
-        ids = torch.randint(0, vocab, (batch, seq))
+                optimizer = create_lorafa_optimizer(model, r=16, lora_alpha=16, lr=1e-4)
+        elif method in ("bone", "bone-bat"):
+            init = "bat" if method == "bone-bat" else True
+            model = peft.get_peft_model(
+                model, peft.MissConfig(r=64, target_modules=QV, init_weights=init)
+            )
+        elif method not in ("frozen", "base"):
+            raise ValueError(f"unknown method `{method}`")
+        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if optimizer is None and self.trainable:
+            optimizer = torch.optim.AdamW(
+                [p for p in model.parameters() if p.requires_grad], lr=1e-4
+            )
+        self.model, self.optimizer = model, optimizer
+
+    def step(self):
+        import torch
+        import torch.nn.functional as F
+
+        model = self.model
+        model.train()
+        ids = torch.randint(0, self.vocab, (self.batch, self.seq))
         t0 = time.perf_counter()
-        if method == "frozen":
+        if self.method == "frozen":
             embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
             logits = model(inputs_embeds=embeds).logits
         else:
             logits = model(input_ids=ids).logits
-        loss = F.cross_entropy(logits.reshape(-1, vocab), ids.reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, self.vocab), ids.reshape(-1))
         loss.backward()
-        if optimizer is not None:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        if step > 0:
-            times.append(dt)
-    peak = peak_rss_bytes() - before
-    del optimizer
-    model.eval()
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
 
-    def timed(fn):
+    def infer(self):
+        import torch
+
+        self.model.eval()
+        prompt = torch.randint(0, self.vocab, (1, self.seq))
+        token = torch.randint(0, self.vocab, (1, 1))
+        out = {}
         with torch.no_grad():
-            fn()
-            samples = []
-            for _ in range(spec["reps"]):
+            for name, ids in (("prompt_s", prompt), ("token_s", token)):
                 t0 = time.perf_counter()
-                fn()
-                samples.append(time.perf_counter() - t0)
-        return sorted(samples)[len(samples) // 2]
+                self.model(input_ids=ids)
+                out[name] = time.perf_counter() - t0
+        return out
 
-    prompt = torch.randint(0, vocab, (1, seq))
-    token = torch.randint(0, vocab, (1, 1))
-    u_prompt = timed(lambda: model(input_ids=prompt))
-    u_token = timed(lambda: model(input_ids=token))
-    if isinstance(model, peft.PeftModel):
-        model = model.merge_and_unload()
-    m_prompt = timed(lambda: model(input_ids=prompt))
-    m_token = timed(lambda: model(input_ids=token))
-    step_s = sorted(times)[len(times) // 2]
-    print(
-        json.dumps(
-            {
-                "trainable_params": trainable,
-                "total_params": total,
-                "step_s": step_s,
-                "tokens_per_s": batch * seq / step_s,
-                "peak_rss_growth_bytes": peak,
-                "prompt_unmerged_s": u_prompt,
-                "prompt_merged_s": m_prompt,
-                "token_unmerged_s": u_token,
-                "token_merged_s": m_token,
-                "versions": {
-                    "torch": torch.__version__,
-                    "peft": peft.__version__,
-                    "transformers": __import__("transformers").__version__,
-                },
-            }
-        )
-    )
+
+def opt_config(spec):
+    from transformers import OPTConfig
+
+    return OPTConfig(**spec["config"])
+
+
+def setup(spec):
+    import torch
+    import peft
+    import transformers
+    from transformers import OPTForCausalLM
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    config = opt_config(spec)
+    # The guide's config turns dropout off: the Rust models have none.
+    base = OPTForCausalLM(config).float()
+    rows, info = {"base": Row(base, config, "base", spec["batch"], spec["seq"])}, {}
+    for method in spec["methods"]:
+        if method in NO_COUNTERPART:
+            info[method] = {"skipped": f"no PyTorch counterpart for `{method}`"}
+            continue
+        row = Row(base, config, method, spec["batch"], spec["seq"])
+        rows[method] = row
+        info[method] = {"trainable_params": row.trainable, "total_params": row.total}
+    versions = {
+        "torch": torch.__version__,
+        "peft": peft.__version__,
+        "transformers": transformers.__version__,
+    }
+    return rows, {"rows": info, "versions": versions}
+
+
+def worker():
+    rows = {}
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            if cmd["cmd"] == "setup":
+                rows, answer = setup(cmd)
+            elif cmd["cmd"] == "step":
+                answer = {"s": rows[cmd["method"]].step()}
+            elif cmd["cmd"] == "infer":
+                answer = rows[cmd["method"]].infer()
+            elif cmd["cmd"] == "quit":
+                return
+            else:
+                answer = {"error": f"unknown command {cmd['cmd']}"}
+        except Exception as e:  # answered, so that the guide can say why
+            answer = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(answer), flush=True)
+
+
+def memory(spec):
+    import torch
+    from transformers import OPTForCausalLM
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    config = opt_config(spec)
+    base = OPTForCausalLM(config).float()
+    row = Row(base, config, spec["method"], spec["batch"], spec["seq"])
+    del base
+    reset_peak_rss()
+    before = rss_bytes()
+    row.step()
+    row.step()
+    print(json.dumps({"peak_rss_growth_bytes": peak_rss_bytes() - before}))
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--worker"]:
+        worker()
+    elif sys.argv[1:2] == ["--memory"]:
+        memory(json.loads(sys.argv[2]))
+    else:
+        sys.exit("usage: pytorch.py --worker | --memory SPEC")

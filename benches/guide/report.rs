@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use peft_benches::Spread;
 use serde_json::Value;
 
 fn f(v: &Value, k: &str) -> f64 {
@@ -14,6 +15,9 @@ fn thousands(n: u64) -> String {
 }
 
 fn mib(b: f64) -> String {
+    if b.is_nan() {
+        return "—".into();
+    }
     format!("{:.1} MiB", b / (1024.0 * 1024.0))
 }
 
@@ -26,31 +30,83 @@ fn row<'a>(rows: &'a [Value], key: &str) -> Option<&'a Value> {
         .find(|r| r["key"] == key && r.get("skipped").is_none())
 }
 
-/// The measured table of one model (Markdown), step ratios against the frozen base and LoRA q,v.
+/// The samples of `field` in a row (one per round), or its single figure in results written
+/// before the guide kept samples.
+fn samples(r: &Value, field: &str) -> Vec<f64> {
+    match r["samples"][field].as_array() {
+        Some(v) if !v.is_empty() => v.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect(),
+        _ => vec![f(r, field)],
+    }
+}
+
+/// `a.fa / b.fb` round by round (both measured in the same rounds), as a median with its
+/// min–max; the ratio of the medians when either side has one figure only.
+fn paired(a: &Value, fa: &str, b: &Value, fb: &str) -> Spread {
+    let (x, y) = (samples(a, fa), samples(b, fb));
+    if x.len() == y.len() {
+        Spread::of_ratios(&x, &y)
+    } else {
+        let m = Spread::of(&x).median / Spread::of(&y).median;
+        Spread {
+            median: m,
+            min: m,
+            max: m,
+        }
+    }
+}
+
+/// `4.72 s (4.65–4.80)`-style: a time with its spread.
+fn ms_spread(r: &Value, field: &str) -> String {
+    let s = Spread::of(&samples(r, field));
+    if s.min == s.max {
+        ms(s.median)
+    } else {
+        format!("{} ({:.0}–{:.0})", ms(s.median), s.min * 1e3, s.max * 1e3)
+    }
+}
+
+/// A ratio with its spread: `1.23× (1.20–1.31)`.
+fn ratio_spread(s: Spread) -> String {
+    if s.median.is_nan() {
+        "—".into()
+    } else if s.min == s.max {
+        format!("{:.2}×", s.median)
+    } else {
+        format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max)
+    }
+}
+
+/// The measured table of one model (Markdown), step ratios against the frozen base and LoRA q,v
+/// taken round by round.
 pub fn table(rows: &[Value]) -> String {
-    let step_of = |key| row(rows, key).map_or(f64::NAN, |r| f(r, "step_s"));
-    let (frozen, lora) = (step_of("frozen"), step_of("lora-qv"));
+    let (frozen, lora) = (row(rows, "frozen"), row(rows, "lora-qv"));
+    let vs = |r: &Value, other: Option<&Value>| {
+        other.map_or("—".into(), |o| {
+            ratio_spread(paired(r, "step_s", o, "step_s"))
+        })
+    };
     let mut t = String::from(
-        "| method | trainable params | % | adapter file | train step | tokens/s | step / frozen base | step / LoRA q,v | peak heap in step (growth over pre-step heap) | prompt unmerged → merged | 1 token unmerged → merged |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| method | trainable params | % | adapter file | train step, median (min–max ms) | tokens/s | step / frozen base | step / LoRA q,v | peak heap in step (growth over pre-step heap) | step peak RSS growth | prompt unmerged → merged | 1 token unmerged → merged |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let method = r["method"].as_str().unwrap_or("?");
         if let Some(why) = r["skipped"].as_str() {
-            let _ = writeln!(t, "| {method} | skipped: {why} ||||||||||");
+            let _ = writeln!(t, "| {method} | skipped: {why} |||||||||||");
             continue;
         }
         let _ = writeln!(
             t,
-            "| {method} | {} | {:.3} | {} | {} | {:.0} | {:.2}× | {:.2}× | {} ({}) | {} → {} | {} → {} |",
+            "| {method} | {} | {:.3} | {} | {} | {:.0} | {} | {} | {} ({}) | {} | {} → {} | {} → {} |",
             thousands(r["trainable_params"].as_u64().unwrap_or(0)),
             f(r, "trainable_percent"),
             mib(f(r, "file_bytes")),
-            ms(f(r, "step_s")),
+            ms_spread(r, "step_s"),
             f(r, "tokens_per_s"),
-            f(r, "step_s") / frozen,
-            f(r, "step_s") / lora,
+            vs(r, frozen),
+            vs(r, lora),
             mib(f(r, "peak_heap_bytes")),
             mib(f(r, "peak_step_bytes")),
+            mib(f(r, "peak_rss_growth_bytes")),
             ms(f(r, "prompt_unmerged_s")),
             ms(f(r, "prompt_merged_s")),
             ms(f(r, "token_unmerged_s")),
@@ -60,16 +116,16 @@ pub fn table(rows: &[Value]) -> String {
     t
 }
 
-/// The `--vs-pytorch` table of one model: PyTorch's figures and ours / PyTorch.
+/// The `--vs-pytorch` table of one model: PyTorch's figures and ours / PyTorch, round by round.
 pub fn pytorch_table(rows: &[Value]) -> String {
     let mut t = String::from(
-        "| method | PyTorch step | ours / PyTorch | PyTorch peak RSS growth | PyTorch prompt unmerged → merged | ours / PyTorch (merged) | PyTorch 1 token unmerged → merged | ours / PyTorch (unmerged) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| method | PyTorch step, median (min–max ms) | step, ours / PyTorch | step peak RSS growth, PyTorch | ours / PyTorch | PyTorch prompt unmerged → merged | prompt merged, ours / PyTorch | PyTorch 1 token unmerged → merged | 1 token merged, ours / PyTorch | 1 token unmerged, ours / PyTorch |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let method = r["method"].as_str().unwrap_or("?");
         let p = &r["pytorch"];
         if let Some(why) = r["skipped"].as_str().or(p["skipped"].as_str()) {
-            let _ = writeln!(t, "| {method} | skipped: {why} |||||||");
+            let _ = writeln!(t, "| {method} | skipped: {why} |||||||||");
             continue;
         }
         if p.is_null() {
@@ -77,77 +133,184 @@ pub fn pytorch_table(rows: &[Value]) -> String {
         }
         let _ = writeln!(
             t,
-            "| {method} | {} | {:.2}× | {} | {} → {} | {:.2}× | {} → {} | {:.2}× |",
-            ms(f(p, "step_s")),
-            f(r, "step_s") / f(p, "step_s"),
+            "| {method} | {} | {} | {} | {:.2}× | {} → {} | {} | {} → {} | {} | {} |",
+            ms_spread(p, "step_s"),
+            ratio_spread(paired(r, "step_s", p, "step_s")),
             mib(f(p, "peak_rss_growth_bytes")),
+            f(r, "peak_rss_growth_bytes") / f(p, "peak_rss_growth_bytes"),
             ms(f(p, "prompt_unmerged_s")),
             ms(f(p, "prompt_merged_s")),
-            f(r, "prompt_merged_s") / f(p, "prompt_merged_s"),
+            ratio_spread(paired(r, "prompt_merged_s", p, "prompt_merged_s")),
             ms(f(p, "token_unmerged_s")),
             ms(f(p, "token_merged_s")),
-            f(r, "token_unmerged_s") / f(p, "token_unmerged_s"),
+            ratio_spread(paired(r, "token_merged_s", p, "token_merged_s")),
+            ratio_spread(paired(r, "token_unmerged_s", p, "token_unmerged_s")),
         );
     }
     t
 }
 
-/// A target: what it says, the measured ratio, and whether the ratio meets it.
-type Check = (&'static str, f64, fn(f64) -> bool);
+/// Which way a target points.
+#[derive(Clone, Copy)]
+enum Bound {
+    AtMost(f64),
+    AtLeast(f64),
+    Below(f64),
+}
 
-/// The targets checked against one model's rows (Markdown table).
+/// A target: what it says, the measured ratio with its spread, and its bound.
+struct Check {
+    what: String,
+    measured: Spread,
+    bound: Bound,
+}
+
+impl Check {
+    /// `met` when the whole spread is on the right side of the bound, `missed` when the whole
+    /// spread is on the wrong side, `within noise` otherwise.
+    fn verdict(&self) -> &'static str {
+        let Spread { median, min, max } = self.measured;
+        if median.is_nan() {
+            return "not measured";
+        }
+        let (all_ok, none_ok) = match self.bound {
+            Bound::AtMost(b) => (max <= b, min > b),
+            Bound::AtLeast(b) => (min >= b, max < b),
+            Bound::Below(b) => (max < b, min >= b),
+        };
+        if all_ok {
+            "met"
+        } else if none_ok {
+            "missed"
+        } else {
+            "within noise"
+        }
+    }
+}
+
+/// The targets checked against one model's rows (Markdown table): each ratio taken round by
+/// round, judged from its spread.
 pub fn targets(rows: &[Value]) -> String {
-    let get = |key: &str, field: &str| row(rows, key).map_or(f64::NAN, |r| f(r, field));
-    let ratio = |k1, f1, k2, f2| get(k1, f1) / get(k2, f2);
-    let torch =
-        row(rows, "lora-qv").map_or(f64::NAN, |r| f(r, "step_s") / f(&r["pytorch"], "step_s"));
-    // (target, measured, met)
-    let checks: [Check; 8] = [
-        (
+    let nan = Spread {
+        median: f64::NAN,
+        min: f64::NAN,
+        max: f64::NAN,
+    };
+    let ratio = |k1: &str, f1: &str, k2: &str, f2: &str| match (row(rows, k1), row(rows, k2)) {
+        (Some(a), Some(b)) => paired(a, f1, b, f2),
+        _ => nan,
+    };
+    let vs_torch = |key: &str, field: &str| {
+        row(rows, key)
+            .filter(|r| r["pytorch"].get("skipped").is_none() && !r["pytorch"].is_null())
+            .map_or(nan, |r| paired(r, field, &r["pytorch"], field))
+    };
+    let check = |what: &str, measured: Spread, bound: Bound| Check {
+        what: what.to_string(),
+        measured,
+        bound,
+    };
+    let mut checks = vec![
+        check(
             "LoRA q,v step / frozen-base step ≤ 1.10",
             ratio("lora-qv", "step_s", "frozen", "step_s"),
-            |v| v <= 1.10,
+            Bound::AtMost(1.10),
         ),
-        (
+        check(
             "burn apply_lora step / LoRA q,v step ≥ 1.30",
             ratio("burn-lora", "step_s", "lora-qv", "step_s"),
-            |v| v >= 1.30,
+            Bound::AtLeast(1.30),
         ),
-        (
+        check(
             "merged LoRA prompt / base prompt ≤ 1.02",
             ratio("lora-qv", "prompt_merged_s", "frozen", "prompt_merged_s"),
-            |v| v <= 1.02,
+            Bound::AtMost(1.02),
         ),
-        (
+        check(
             "merged LoRA 1 token / base 1 token ≤ 1.02",
             ratio("lora-qv", "token_merged_s", "frozen", "token_merged_s"),
-            |v| v <= 1.02,
+            Bound::AtMost(1.02),
         ),
-        (
+        check(
             "unmerged / merged LoRA 1 token ≤ 1.10",
             ratio("lora-qv", "token_unmerged_s", "lora-qv", "token_merged_s"),
-            |v| v <= 1.10,
+            Bound::AtMost(1.10),
         ),
-        (
+        check(
+            "unmerged LoRA 1 token / burn apply_lora unmerged 1 token ≤ 1.0",
+            ratio(
+                "lora-qv",
+                "token_unmerged_s",
+                "burn-lora",
+                "token_unmerged_s",
+            ),
+            Bound::AtMost(1.0),
+        ),
+        check(
+            "unmerged LoRA prompt / burn apply_lora unmerged prompt ≤ 1.0",
+            ratio(
+                "lora-qv",
+                "prompt_unmerged_s",
+                "burn-lora",
+                "prompt_unmerged_s",
+            ),
+            Bound::AtMost(1.0),
+        ),
+        check(
             "LoRA-FA peak step heap / LoRA's < 1",
             ratio("lorafa-qv", "peak_heap_bytes", "lora-qv", "peak_heap_bytes"),
-            |v| v < 1.0,
+            Bound::Below(1.0),
         ),
-        (
+        check(
             "Bone default step / LoRA q,v step ≤ 1.10",
             ratio("bone", "step_s", "lora-qv", "step_s"),
-            |v| v <= 1.10,
+            Bound::AtMost(1.10),
         ),
-        ("LoRA q,v step, ours / PyTorch ≤ 1.0", torch, |v| v <= 1.0),
+        check(
+            "LoRA q,v step, ours / PyTorch ≤ 1.0",
+            vs_torch("lora-qv", "step_s"),
+            Bound::AtMost(1.0),
+        ),
+        check(
+            "LoRA q,v step peak RSS growth, ours / PyTorch ≤ 1.0",
+            vs_torch("lora-qv", "peak_rss_growth_bytes"),
+            Bound::AtMost(1.0),
+        ),
+        check(
+            "merged prompt (base model), ours / PyTorch ≤ 1.0",
+            vs_torch("frozen", "prompt_merged_s"),
+            Bound::AtMost(1.0),
+        ),
+        check(
+            "merged 1 token (base model), ours / PyTorch ≤ 1.0",
+            vs_torch("frozen", "token_merged_s"),
+            Bound::AtMost(1.0),
+        ),
     ];
-    let mut t = String::from("| target | measured | met |\n|---|---:|:---:|\n");
-    for (what, v, ok) in checks {
-        let (shown, met) = if v.is_nan() {
-            ("—".to_string(), "not measured")
-        } else {
-            (format!("{v:.3}"), if ok(v) { "yes" } else { "no" })
-        };
-        let _ = writeln!(t, "| {what} | {shown} | {met} |");
+    for r in rows.iter().filter(|r| r.get("skipped").is_none()) {
+        let key = r["key"].as_str().unwrap_or("?");
+        if key != "lora-qv" && r["pytorch"]["step_s"].is_number() {
+            checks.push(check(
+                &format!(
+                    "{} step, ours / PyTorch ≤ 1.2",
+                    r["method"].as_str().unwrap_or(key)
+                ),
+                vs_torch(key, "step_s"),
+                Bound::AtMost(1.2),
+            ));
+        }
+    }
+    let mut t = String::from(
+        "| target | measured, median (min–max over rounds) | verdict |\n|---|---:|:---:|\n",
+    );
+    for c in checks {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} |",
+            c.what,
+            ratio_spread(c.measured).replace('×', ""),
+            c.verdict()
+        );
     }
     t
 }
@@ -266,11 +429,11 @@ mod tests {
         ];
         let t = targets(&rows);
         assert!(
-            t.contains("| LoRA q,v step / frozen-base step ≤ 1.10 | 1.200 | no |"),
+            t.contains("| LoRA q,v step / frozen-base step ≤ 1.10 | 1.20 | missed |"),
             "{t}"
         );
         assert!(
-            t.contains("| LoRA-FA peak step heap / LoRA's < 1 | 0.900 | yes |"),
+            t.contains("| LoRA-FA peak step heap / LoRA's < 1 | 0.90 | met |"),
             "{t}"
         );
         assert!(
@@ -280,5 +443,32 @@ mod tests {
         let table = table(&rows);
         assert!(table.contains("| ? | skipped: too big |"), "{table}");
         assert!(table.contains("| 1.20× | 1.00× |"), "{table}");
+    }
+
+    #[test]
+    fn targets_judge_round_by_round_ratios_by_their_spread() {
+        let rows = vec![
+            json!({"key": "frozen", "samples": {"step_s": [1.0, 1.0, 1.0]}}),
+            // 1.05, 1.15, 1.08 against the frozen base: the bound 1.10 is inside the spread.
+            json!({"key": "lora-qv", "samples": {"step_s": [1.05, 1.15, 1.08]},
+                   "pytorch": {"samples": {"step_s": [1.25, 1.25, 1.25]}}}),
+            // 0.8–0.9 of LoRA's step in every round.
+            json!({"key": "bone", "samples": {"step_s": [0.9, 0.92, 0.9]}}),
+        ];
+        let t = targets(&rows);
+        assert!(
+            t.contains(
+                "| LoRA q,v step / frozen-base step ≤ 1.10 | 1.08 (1.05–1.15) | within noise |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("| LoRA q,v step, ours / PyTorch ≤ 1.0 | 0.86 (0.84–0.92) | met |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| Bone default step / LoRA q,v step ≤ 1.10 | 0.83 (0.80–0.86) | met |"),
+            "{t}"
+        );
     }
 }

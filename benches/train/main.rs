@@ -53,9 +53,8 @@ fn lora(model: OptForCausalLm) -> LoraModel<OptForCausalLm> {
 }
 
 fn median_min_max(v: &[f64]) -> (f64, f64, f64) {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    (s[s.len() / 2], s[0], s[s.len() - 1])
+    let s = peft_benches::Spread::of(v);
+    (s.median, s.min, s.max)
 }
 
 fn main() {
