@@ -39,6 +39,9 @@ fn check<M: CausalLm>(trained_on: M, fresh: M, name: &str, dora: bool) {
         progress: false,
         dora,
     };
+    // Random batches and adapter initialisation: seeded, so that the loss curve is the same on
+    // every run of a backend (unseeded, a noisy run fell 0.497 on wgpu, under the 0.5 bound).
+    device().seed(7);
     let (losses, trained) = finetune::train(trained_on, &settings).unwrap();
     let first: f32 = losses[..5].iter().sum::<f32>() / 5.0;
     let last: f32 = losses[losses.len() - 5..].iter().sum::<f32>() / 5.0;
