@@ -138,7 +138,9 @@ fn main() {
     } else {
         None
     };
-    let models = get("--models").unwrap_or_else(|| "125m,350m,1.3b".into());
+    // `--quick` is a smoke run: OPT-125m only unless `--models` says otherwise.
+    let models =
+        get("--models").unwrap_or_else(|| if quick { "125m" } else { "125m,350m,1.3b" }.into());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut all = serde_json::Map::new();
     for name in models.split(',') {
