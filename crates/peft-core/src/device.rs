@@ -134,6 +134,64 @@ mod tests {
         }
     }
 
+    /// The project builds a patched burn-flex (`third_party/burn-flex`): large element-wise ops
+    /// split across threads, broadcast ones included, op outputs allocated without a copy, and a
+    /// vectorised exp.
+    /// Above the split threshold (2¹⁵ elements) each result must equal the scalar computation.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn flex_element_wise_ops_above_the_split_threshold_equal_the_scalar_reference() {
+        use burn::tensor::{Tensor, TensorData};
+        let device = Device::flex();
+        let [b, h, s, t] = [2usize, 6, 64, 96];
+        let n = b * h * s * t;
+        let values = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 7919 + seed) % 1013) as f32 / 97.0 - 5.0)
+                .collect()
+        };
+        let x_host = values(n, 1);
+        let x = Tensor::<4>::from_data(TensorData::new(x_host.clone(), [b, h, s, t]), &device);
+        let host = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+        // Broadcast over the two leading dims (an attention mask), both operand orders.
+        let mask_host = values(s * t, 2);
+        let mask =
+            Tensor::<4>::from_data(TensorData::new(mask_host.clone(), [1, 1, s, t]), &device);
+        let want: Vec<f32> = (0..n).map(|i| x_host[i] + mask_host[i % (s * t)]).collect();
+        assert_eq!(host(x.clone() + mask.clone()), want);
+        let want: Vec<f32> = (0..n).map(|i| mask_host[i % (s * t)] - x_host[i]).collect();
+        assert_eq!(host(mask.clone() - x.clone()), want);
+        // Broadcast along the last dim (a per-row statistic), into a uniquely owned operand.
+        let row_host = values(b * h * s, 3);
+        let row = Tensor::<4>::from_data(TensorData::new(row_host.clone(), [b, h, s, 1]), &device);
+        let want: Vec<f32> = (0..n).map(|i| x_host[i] * row_host[i / t]).collect();
+        assert_eq!(host(x.clone().mul_scalar(1.0) * row), want);
+        // A transposed view against a broadcast row.
+        let transposed = x.clone().swap_dims(2, 3);
+        let col_host = values(s, 4);
+        let col = Tensor::<4>::from_data(TensorData::new(col_host.clone(), [1, 1, 1, s]), &device);
+        let mut want = vec![0f32; n];
+        for bh in 0..b * h {
+            for j in 0..t {
+                for i in 0..s {
+                    want[(bh * t + j) * s + i] = x_host[(bh * s + i) * t + j] / col_host[i];
+                }
+            }
+        }
+        assert_eq!(host(transposed / col), want);
+        // Same-shape and scalar paths, then exp (vectorised: within 2 ulp of libm's).
+        let sum: Vec<f32> = x_host.iter().map(|v| v * 0.5 + v).collect();
+        let y = x.clone().mul_scalar(0.5) + x;
+        assert_eq!(host(y.clone()), sum);
+        for (got, v) in host(y.exp()).into_iter().zip(sum) {
+            let want = v.exp();
+            assert!(
+                (got - want).abs() <= 2.5e-7 * want,
+                "exp({v}) = {got}, libm {want}"
+            );
+        }
+    }
+
     #[test]
     fn parses_a_list() {
         if cfg!(feature = "flex") {

@@ -23,6 +23,7 @@
 
 use crate::layout::Layout;
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 
 /// Max rank we're willing to handle without falling back to the
 /// strided iterator. Burn tensors are capped at 8 dims in practice.
@@ -112,6 +113,32 @@ impl ZipNest {
                 break;
             }
         }
+    }
+}
+
+impl ZipNest {
+    /// The nest split along its outermost dim into pieces of about
+    /// `PAR_CHUNK` elements (at least one outer index each), in row-major
+    /// order: each sub-nest with its element count. `numel` is the nest's
+    /// element count; must not be called when `ndim == 0`.
+    pub(crate) fn pieces(&self, numel: usize) -> Vec<(ZipNest, usize)> {
+        const PAR_CHUNK: usize = 1 << 14;
+        let outer = self.shape[0];
+        let per = numel / outer.max(1);
+        let step = (PAR_CHUNK / per.max(1)).max(1);
+        (0..outer)
+            .step_by(step)
+            .map(|start| {
+                let n = step.min(outer - start);
+                let mut piece = *self;
+                piece.shape[0] = n;
+                piece.lhs_offset =
+                    (self.lhs_offset as isize + start as isize * self.lhs_strides[0]) as usize;
+                piece.rhs_offset =
+                    (self.rhs_offset as isize + start as isize * self.rhs_strides[0]) as usize;
+                (piece, n * per)
+            })
+            .collect()
     }
 }
 
@@ -209,40 +236,105 @@ where
         return Some(Vec::new());
     }
     let nest = collapse_for_zip(lhs_layout, rhs_layout)?;
-
     let mut out: Vec<Out> = Vec::with_capacity(numel);
+    fill(&nest, lhs, rhs, &mut out.spare_capacity_mut()[..numel], &op);
+    // SAFETY: `fill` wrote each of the `numel` elements.
+    unsafe { out.set_len(numel) };
+    Some(out)
+}
+
+/// [`zip_map`], with the output split across rayon's pool when it is large
+/// (whole runs of the outermost collapsed dim per task).
+pub(crate) fn zip_map_par<L, R, Out, F>(
+    lhs: &[L],
+    lhs_layout: &Layout,
+    rhs: &[R],
+    rhs_layout: &Layout,
+    op: F,
+) -> Option<Vec<Out>>
+where
+    L: Copy + Sync,
+    R: Copy + Sync,
+    Out: Send,
+    F: Fn(L, R) -> Out + Sync,
+{
+    let numel = lhs_layout.num_elements();
+    if numel < crate::par::PAR_MIN || !cfg!(feature = "rayon") {
+        return zip_map(lhs, lhs_layout, rhs, rhs_layout, op);
+    }
+    let nest = collapse_for_zip(lhs_layout, rhs_layout)?;
+    if nest.ndim == 0 {
+        return zip_map(lhs, lhs_layout, rhs, rhs_layout, op);
+    }
+    let mut out: Vec<Out> = Vec::with_capacity(numel);
+    let mut rest = &mut out.spare_capacity_mut()[..numel];
+    let mut tasks = Vec::new();
+    for (piece, count) in nest.pieces(numel) {
+        let (head, tail) = rest.split_at_mut(count);
+        tasks.push((piece, head));
+        rest = tail;
+    }
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        tasks
+            .into_par_iter()
+            .for_each(|(piece, dst)| fill(&piece, lhs, rhs, dst, &op));
+    }
+    // SAFETY: the pieces cover the `numel` outputs in order, and `fill` wrote each.
+    unsafe { out.set_len(numel) };
+    Some(out)
+}
+
+/// Writes `op` over `nest` into `out`, in row-major order (`out.len()` is the
+/// nest's element count).
+fn fill<L, R, Out, F>(nest: &ZipNest, lhs: &[L], rhs: &[R], out: &mut [MaybeUninit<Out>], op: &F)
+where
+    L: Copy,
+    R: Copy,
+    F: Fn(L, R) -> Out,
+{
     if nest.ndim == 0 {
         // All dims were size 1: a single element.
-        out.push(op(lhs[nest.lhs_offset], rhs[nest.rhs_offset]));
-        return Some(out);
+        out[0].write(op(lhs[nest.lhs_offset], rhs[nest.rhs_offset]));
+        return;
     }
-
     let (len, l_st, r_st) = nest.inner();
+    let mut at = 0;
+    let next = |at: &mut usize| {
+        let run = *at..*at + len;
+        *at += len;
+        run
+    };
     match (l_st, r_st) {
         (1, 1) => nest.for_each_run(|lb, rb| {
-            out.extend(
-                lhs[lb..lb + len]
-                    .iter()
-                    .zip(&rhs[rb..rb + len])
-                    .map(|(&a, &b)| op(a, b)),
-            );
+            let dst = &mut out[next(&mut at)];
+            for ((o, &a), &b) in dst.iter_mut().zip(&lhs[lb..lb + len]).zip(&rhs[rb..rb + len]) {
+                o.write(op(a, b));
+            }
         }),
         (1, 0) => nest.for_each_run(|lb, rb| {
             let b = rhs[rb];
-            out.extend(lhs[lb..lb + len].iter().map(|&a| op(a, b)));
+            let dst = &mut out[next(&mut at)];
+            for (o, &a) in dst.iter_mut().zip(&lhs[lb..lb + len]) {
+                o.write(op(a, b));
+            }
         }),
         (0, 1) => nest.for_each_run(|lb, rb| {
             let a = lhs[lb];
-            out.extend(rhs[rb..rb + len].iter().map(|&b| op(a, b)));
+            let dst = &mut out[next(&mut at)];
+            for (o, &b) in dst.iter_mut().zip(&rhs[rb..rb + len]) {
+                o.write(op(a, b));
+            }
         }),
         _ => nest.for_each_run(|lb, rb| {
-            out.extend(
-                (0..len).map(|i| op(lhs[lb + i * l_st as usize], rhs[rb + i * r_st as usize])),
-            );
+            let dst = &mut out[next(&mut at)];
+            for (i, o) in dst.iter_mut().enumerate() {
+                o.write(op(lhs[lb + i * l_st as usize], rhs[rb + i * r_st as usize]));
+            }
         }),
     }
-    debug_assert_eq!(out.len(), numel);
-    Some(out)
+    debug_assert_eq!(at, out.len());
 }
 
 /// Apply `op` over a collapsed nest *in place*, writing the result back
@@ -299,6 +391,38 @@ where
                 *d = op(*d, src[rb + i * r_st as usize]);
             }
         }),
+    }
+}
+
+/// [`zip_apply_inplace`] for a destination that is dense from storage index 0
+/// ([`ZipNest::lhs_is_dense_from_zero`]), split across rayon's pool when it is
+/// large.
+pub(crate) fn zip_apply_inplace_par<D, S, F>(nest: &ZipNest, dst: &mut [D], src: &[S], op: F)
+where
+    D: Copy + Send,
+    S: Copy + Sync,
+    F: Fn(D, S) -> D + Sync,
+{
+    debug_assert!(nest.lhs_is_dense_from_zero());
+    let numel: usize = nest.shape[..nest.ndim].iter().product();
+    if nest.ndim == 0 || numel < crate::par::PAR_MIN || !cfg!(feature = "rayon") {
+        return zip_apply_inplace(nest, dst, src, op);
+    }
+    let mut rest = &mut dst[..numel];
+    let mut tasks = Vec::new();
+    for (mut piece, count) in nest.pieces(numel) {
+        // Dense from zero: the piece starts at its first output's index.
+        piece.lhs_offset = 0;
+        let (head, tail) = rest.split_at_mut(count);
+        tasks.push((piece, head));
+        rest = tail;
+    }
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        tasks
+            .into_par_iter()
+            .for_each(|(piece, dst)| zip_apply_inplace(&piece, dst, src, &op));
     }
 }
 
@@ -733,6 +857,49 @@ mod tests {
         let t = Layout::contiguous(Shape::from(vec![3, 4])).transpose(0, 1);
         let c = Layout::contiguous(Shape::from(vec![4, 3]));
         assert!(!collapse_for_zip(&t, &c).unwrap().lhs_is_dense_from_zero());
+    }
+
+    #[test]
+    fn test_parallel_zip_matches_reference_on_large_broadcasts() {
+        // Above `PAR_MIN`, with outer dims that split into one, several
+        // and many pieces, a fully collapsed (rank-1) nest, a transposed
+        // operand and a view at an offset.
+        let full = [4usize, 12, 64, 48];
+        let numel: usize = full.iter().product();
+        assert!(numel >= crate::par::PAR_MIN);
+        let dense: Vec<f32> = (0..numel).map(|i| (i % 977) as f32 * 0.25 - 7.0).collect();
+        let dense_layout = Layout::contiguous(Shape::from(full.to_vec()));
+        for bshape in [
+            vec![1usize, 1, 64, 48],
+            vec![4, 12, 64, 1],
+            vec![1, 12, 1, 48],
+            vec![4, 12, 64, 48],
+            vec![1, 1, 1, 1],
+        ] {
+            let belems: usize = bshape.iter().product();
+            let bdata: Vec<f32> = (0..belems).map(|i| (i % 31) as f32 - 3.5).collect();
+            let blayout = broadcast_layout(&bshape, &full);
+            let want = reference(&dense, &dense_layout, &bdata, &blayout, |a, b| a * 3.0 - b);
+            let got =
+                zip_map_par(&dense, &dense_layout, &bdata, &blayout, |a, b| a * 3.0 - b).unwrap();
+            assert_eq!(got, want, "zip_map_par {bshape:?}");
+            let nest = collapse_for_zip(&dense_layout, &blayout).unwrap();
+            let mut inplace = dense.clone();
+            inplace.extend([42.0; 5]);
+            zip_apply_inplace_par(&nest, &mut inplace, &bdata, |a, b| a * 3.0 - b);
+            assert_eq!(&inplace[..numel], &want[..], "zip_apply_inplace_par {bshape:?}");
+            assert_eq!(&inplace[numel..], &[42.0; 5], "trailing storage");
+        }
+        // Transposed lhs (general strided inner loop) at a storage offset.
+        let rows = 300;
+        let cols = 200;
+        let storage: Vec<f32> = (0..rows * cols + 3).map(|i| i as f32).collect();
+        let transposed = Layout::new(Shape::from(vec![cols, rows]), vec![1, cols as isize], 3);
+        let row: Vec<f32> = (0..rows).map(|i| i as f32 * 0.5).collect();
+        let row_layout = broadcast_layout(&[1, rows], &[cols, rows]);
+        let want = reference(&storage, &transposed, &row, &row_layout, |a, b| a + b);
+        let got = zip_map_par(&storage, &transposed, &row, &row_layout, |a, b| a + b).unwrap();
+        assert_eq!(got, want, "transposed view");
     }
 
     #[test]

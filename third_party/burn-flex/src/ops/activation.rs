@@ -378,12 +378,8 @@ fn softmax_row_f32_simd<S: macerator::Simd>(input: &[f32], output: &mut [f32]) {
     // Scalar exp (no SIMD exp in macerator). This pass is the one that
     // actually does memory reads + writes on the whole row, so scalar
     // here still lands us at memory bandwidth.
-    let mut sum = 0.0f32;
-    for idx in 0..len {
-        let e = (input[idx] - max_val).exp();
-        output[idx] = e;
-        sum += e;
-    }
+    // `exp_f32` vectorises (libm's `exp` does not), and the sum runs on partial sums.
+    let sum = crate::simd::exp::exp_shifted_sum_f32(input, output, max_val);
 
     // Pass 3: normalize.
     // SIMD splat + multiply, scalar tail.

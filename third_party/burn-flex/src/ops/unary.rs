@@ -190,7 +190,29 @@ where
 // ============================================================================
 
 /// Exponential: e^x
-pub fn exp(tensor: FlexTensor) -> FlexTensor {
+pub fn exp(mut tensor: FlexTensor) -> FlexTensor {
+    #[cfg(feature = "simd")]
+    if tensor.dtype() == DType::F32 {
+        use crate::simd::exp::{exp_f32, exp_inplace_f32, exp_into_f32};
+        let n = tensor.layout().num_elements();
+        if tensor.is_unique()
+            && tensor.layout().is_contiguous()
+            && tensor.layout().start_offset() == 0
+        {
+            let storage: &mut [f32] = tensor.storage_mut();
+            exp_inplace_f32(&mut storage[..n]);
+            return tensor;
+        }
+        let layout = tensor.layout().clone();
+        if let Some((start, end)) = layout.contiguous_offsets() {
+            let src: &[f32] = tensor.storage();
+            let mut out = alloc::vec![0.0f32; n];
+            exp_into_f32(&src[start..end], &mut out);
+            let bytes = Bytes::from_elems(out);
+            return FlexTensor::new(bytes, Layout::contiguous(layout.shape().clone()), DType::F32);
+        }
+        return unary_op(tensor, exp_f32, |x| x.exp());
+    }
     unary_op(tensor, |x| x.exp(), |x| x.exp())
 }
 
