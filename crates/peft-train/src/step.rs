@@ -65,9 +65,14 @@ impl<M: CausalLm + 'static> TrainStep for CausalLmStep<M> {
     }
 }
 
-/// Most logits the training steps materialise at once (16 MiB of f32; measured in
-/// `docs/training.md`: smaller slices saved little more and cost more time).
-pub const HEAD_CHUNK_ELEMENTS: usize = 1 << 22;
+/// Most logits the training steps materialise at once (128 MiB of f32). The head's weight is
+/// packed again for every slice, so few large slices run its products at a better FLOP rate;
+/// measured in `docs/training.md`.
+pub const HEAD_CHUNK_ELEMENTS: usize = 1 << 25;
+
+/// Most logits [`CausalLmStep::step_recomputing`] materialises at once (16 MiB of f32): that
+/// step trades time for memory, and one slice of logits is most of its peak.
+pub const RECOMPUTING_HEAD_CHUNK_ELEMENTS: usize = 1 << 22;
 
 /// The causal-LM loss of `model`'s head over `hidden` (the last block's output, with the autodiff
 /// graph that produced it) and the gradients of every parameter: the same loss and gradients as
@@ -118,7 +123,10 @@ fn head_slices<M: CausalLm>(
 ) -> (f32, Tensor<3>) {
     let [rows, seq, hidden] = x.dims();
     let vocab = model.vocab_size().max(1);
-    let chunk = (head_chunk / (rows * vocab).max(1)).clamp(1, seq.max(1));
+    // Equal slices: a short last slice would run the head's products at a poor FLOP rate (the
+    // head weight is packed again for every slice, whatever its number of rows).
+    let most = (head_chunk / (rows * vocab).max(1)).clamp(1, seq.max(1));
+    let chunk = seq.max(1).div_ceil(seq.max(1).div_ceil(most));
     let x = x.autodiff();
     let mut losses = Vec::with_capacity(seq.div_ceil(chunk));
     let mut parts = Vec::with_capacity(seq.div_ceil(chunk));
@@ -156,7 +164,7 @@ impl<M: CausalLm + 'static> CausalLmStep<M> {
     ///
     /// Dropout would draw other masks in the rerun; the caller keeps it off.
     pub fn step_recomputing(&self, batch: TokenBatch) -> TrainOutput<StepOutput> {
-        self.step_recomputing_with(batch, HEAD_CHUNK_ELEMENTS)
+        self.step_recomputing_with(batch, RECOMPUTING_HEAD_CHUNK_ELEMENTS)
     }
 
     /// [`step_recomputing`](Self::step_recomputing) with at most `head_chunk` logits per slice
