@@ -73,8 +73,23 @@ fn backend_label(debug: &str) -> String {
     inner[..end].to_lowercase()
 }
 
+/// What `--help` prints: the usage lines of the module documentation.
+const USAGE: &str = "\
+guide: the method comparison guide (`cargo xtask bench`), measured
+
+guide [--models 125m,350m,1.3b] [--quick] [--methods frozen,lora-qv,..] [--batch B] [--seq S]
+      [--steps N] [--reps N] [--vs-pytorch] [--python PY] [--out docs]
+guide --from-json docs/method_comparison/results.json [--out docs]   # re-render only
+guide --memory --models M --methods K [--batch B] [--seq S]   # one row's step memory
+
+See the README's benchmark section for what each figure is and how it is measured.";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return;
+    }
     let get = |flag: &str| args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone());
     let out = PathBuf::from(get("--out").unwrap_or_else(|| "docs".into()));
     if let Some(path) = get("--from-json") {

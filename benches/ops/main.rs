@@ -1,0 +1,133 @@
+//! `op-bench`: the products and element-wise ops of an OPT-125m training step (batch 4 × 256),
+//! timed one at a time on the default device, to find the ops that run far below PyTorch's rate.
+//!
+//! ```text
+//! BURN_DEVICE=flex target/release/op-bench [FILTER]        # ours
+//! python3 benches/ops/pytorch_ops.py [FILTER]               # the same ops in PyTorch
+//! ```
+//!
+//! Each op runs 2 times untimed, then 9 timed; it prints the median, min–max and the FLOP rate of
+//! the median. `FILTER` keeps the ops whose name contains it (and skips building the 154 MB
+//! embedding unless a `head` op is kept). The two programs run one after the other, not
+//! interleaved: use them to find large gaps, and the guide (`cargo xtask bench`) for ratios.
+
+use burn::tensor::{Device, Distribution, Tensor};
+use std::time::Instant;
+
+/// Times `f`, which returns one element of its result (so the op has run), unless `FILTER`
+/// excludes `name`.
+fn time(name: &str, flop: f64, mut f: impl FnMut() -> f32) {
+    if std::env::args()
+        .nth(1)
+        .is_some_and(|filter| !name.contains(&filter))
+    {
+        return;
+    }
+    let mut sink = 0.0;
+    for _ in 0..2 {
+        sink += f();
+    }
+    let mut samples = Vec::with_capacity(9);
+    for _ in 0..9 {
+        let start = Instant::now();
+        sink += f();
+        samples.push(start.elapsed().as_secs_f64());
+    }
+    samples.sort_by(f64::total_cmp);
+    let rate = if flop > 0.0 {
+        format!("{:6.1} GFLOP/s", flop / samples[4] / 1e9)
+    } else {
+        String::new()
+    };
+    println!(
+        "{name:42} {:8.2} ms ({:.2}–{:.2}) {rate}{}",
+        samples[4] * 1e3,
+        samples[0] * 1e3,
+        samples[8] * 1e3,
+        if sink.is_nan() { " (NaN)" } else { "" }
+    );
+}
+
+fn main() {
+    let device = Device::default();
+    let random = |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Default, &device);
+    // One element, so that the op has run (flex is eager) without copying the result.
+    let first = |t: Tensor<4>| t.slice([0..1, 0..1, 0..1, 0..1]).into_scalar::<f32>();
+    let keeps_head = std::env::args().nth(1).is_none_or(|f| f.contains("head"));
+    let vocab = if keeps_head { 50272 } else { 8 };
+
+    let (tokens, d, ffn) = (1024usize, 768usize, 3072usize);
+    let x = random([1, 1, tokens, d]);
+    let x_batched = x.clone().reshape([1, 4, 256, d]);
+    let w = random([1, 1, d, d]);
+    let flop = 2.0 * (tokens * d * d) as f64;
+    time("x·W [4,256,768]·[768,768]", flop, || {
+        first(x_batched.clone().matmul(w.clone()))
+    });
+    time("x·W [1024,768]·[768,768]", flop, || {
+        first(x.clone().matmul(w.clone()))
+    });
+    time("g·Wᵀ [1024,768]·[768,768]ᵀ", flop, || {
+        first(x.clone().matmul(w.clone().swap_dims(2, 3)))
+    });
+    time("xᵀ·g [768,1024]·[1024,768]", flop, || {
+        first(x.clone().swap_dims(2, 3).matmul(x.clone()))
+    });
+    let up = random([1, 1, d, ffn]);
+    let down = random([1, 1, ffn, d]);
+    let h = random([1, 1, tokens, ffn]);
+    time("fc1 [1024,768]·[768,3072]", 4.0 * flop, || {
+        first(x.clone().matmul(up.clone()))
+    });
+    time("fc2 [1024,3072]·[3072,768]", 4.0 * flop, || {
+        first(h.clone().matmul(down.clone()))
+    });
+
+    let embedding = random([1, 1, vocab, d]);
+    let head_flop = |rows: usize| 2.0 * (rows * d * vocab) as f64;
+    for rows in [80, 256, 512, 1024] {
+        let x = random([1, 1, rows, d]);
+        let g = random([1, 1, rows, vocab]);
+        time(
+            &format!("head x·Eᵀ, {rows} rows"),
+            head_flop(rows),
+            || first(x.clone().matmul(embedding.clone().swap_dims(2, 3))),
+        );
+        time(&format!("head g·E, {rows} rows"), head_flop(rows), || {
+            first(g.clone().matmul(embedding.clone()))
+        });
+    }
+
+    let q = random([4, 12, 256, 64]);
+    let scores = random([4, 12, 256, 256]);
+    let attention_flop = 2.0 * (48 * 256 * 256 * 64) as f64;
+    time(
+        "attention q·kᵀ [48×256,64]·[64,256]",
+        attention_flop,
+        || first(q.clone().matmul(q.clone().swap_dims(2, 3))),
+    );
+    time(
+        "attention p·v [48×256,256]·[256,64]",
+        attention_flop,
+        || first(scores.clone().matmul(q.clone())),
+    );
+    let mask = random([1, 1, 256, 256]);
+    time("scores + mask [4,12,256,256]+[1,1,256,256]", 0.0, || {
+        first(scores.clone() + mask.clone())
+    });
+    time("softmax [4,12,256,256]", 0.0, || {
+        first(burn::tensor::activation::softmax(scores.clone(), 3))
+    });
+    time("exp [4,12,256,256]", 0.0, || first(scores.clone().exp()));
+
+    let a = random([1, 1, d, 16]);
+    let b = random([1, 1, 16, d]);
+    let xa = random([1, 1, tokens, 16]);
+    let lora_flop = 2.0 * (tokens * d * 16) as f64;
+    time("LoRA x·A [1024,768]·[768,16]", lora_flop, || {
+        first(x.clone().matmul(a.clone()))
+    });
+    time("LoRA (xA)·B [1024,16]·[16,768]", lora_flop, || {
+        first(xa.clone().matmul(b.clone()))
+    });
+}

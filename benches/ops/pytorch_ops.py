@@ -1,0 +1,67 @@
+"""The ops of `op-bench` (benches/ops/main.rs) in PyTorch, same shapes, same timing rule.
+
+    python3 benches/ops/pytorch_ops.py [FILTER]
+
+Two threads (the project's CI machine has two cores), no autograd.
+"""
+import sys
+import time
+
+import torch
+
+torch.set_num_threads(2)
+FILTER = sys.argv[1] if len(sys.argv) > 1 else None
+
+
+def bench(name, flop, f):
+    if FILTER is not None and FILTER not in name:
+        return
+    for _ in range(2):
+        f()
+    samples = []
+    for _ in range(9):
+        start = time.perf_counter()
+        f()
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    rate = f"{flop / samples[4] / 1e9:6.1f} GFLOP/s" if flop else ""
+    print(f"{name:42} {samples[4] * 1e3:8.2f} ms ({samples[0] * 1e3:.2f}–{samples[8] * 1e3:.2f}) {rate}")
+
+
+def main():
+    keeps_head = FILTER is None or "head" in FILTER
+    vocab = 50272 if keeps_head else 8
+    tokens, d, ffn = 1024, 768, 3072
+    r = torch.rand
+    x = r(tokens, d)
+    w = r(d, d)
+    flop = 2 * tokens * d * d
+    bench("x·W [4,256,768]·[768,768]", flop, lambda: x.reshape(4, 256, d) @ w)
+    bench("x·W [1024,768]·[768,768]", flop, lambda: x @ w)
+    bench("g·Wᵀ [1024,768]·[768,768]ᵀ", flop, lambda: x @ w.t())
+    bench("xᵀ·g [768,1024]·[1024,768]", flop, lambda: x.t() @ x)
+    up, down, h = r(d, ffn), r(ffn, d), r(tokens, ffn)
+    bench("fc1 [1024,768]·[768,3072]", 4 * flop, lambda: x @ up)
+    bench("fc2 [1024,3072]·[3072,768]", 4 * flop, lambda: h @ down)
+    embedding = r(vocab, d)
+    for rows in [80, 256, 512, 1024]:
+        xs, g = r(rows, d), r(rows, vocab)
+        bench(f"head x·Eᵀ, {rows} rows", 2 * rows * d * vocab, lambda: xs @ embedding.t())
+        bench(f"head g·E, {rows} rows", 2 * rows * d * vocab, lambda: g @ embedding)
+    q, scores = r(4, 12, 256, 64), r(4, 12, 256, 256)
+    attention_flop = 2 * 48 * 256 * 256 * 64
+    bench("attention q·kᵀ [48×256,64]·[64,256]", attention_flop, lambda: q @ q.transpose(2, 3))
+    bench("attention p·v [48×256,256]·[256,64]", attention_flop, lambda: scores @ q)
+    mask = r(1, 1, 256, 256)
+    bench("scores + mask [4,12,256,256]+[1,1,256,256]", 0, lambda: scores + mask)
+    bench("softmax [4,12,256,256]", 0, lambda: torch.softmax(scores, 3))
+    bench("exp [4,12,256,256]", 0, lambda: scores.exp())
+    a, b, xa = r(d, 16), r(16, d), r(tokens, 16)
+    lora_flop = 2 * tokens * d * 16
+    bench("LoRA x·A [1024,768]·[768,16]", lora_flop, lambda: x @ a)
+    bench("LoRA (xA)·B [1024,16]·[16,768]", lora_flop, lambda: xa @ b)
+
+
+if __name__ == "__main__":
+    with torch.no_grad():
+        main()
