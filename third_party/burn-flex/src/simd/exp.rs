@@ -12,13 +12,6 @@
 
 use macerator::Simd;
 
-#[cfg(feature = "rayon")]
-use rayon::prelude::*;
-
-/// Elements per rayon task, and the least a slice must have to be split.
-#[cfg(feature = "rayon")]
-const CHUNK: usize = 1 << 14;
-
 /// e^x, branch-free.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
@@ -56,27 +49,15 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
-/// `xs[i] = e^xs[i]`, split across rayon's pool when large.
+/// `xs[i] = e^xs[i]`, split across rayon's pool when large (`crate::par`).
 pub fn exp_inplace_f32(xs: &mut [f32]) {
-    #[cfg(feature = "rayon")]
-    if xs.len() >= 2 * CHUNK {
-        xs.par_chunks_mut(CHUNK).for_each(exp_inplace_seq);
-        return;
-    }
-    exp_inplace_seq(xs);
+    crate::par::chunks_mut(xs, exp_inplace_seq);
 }
 
-/// `dst[i] = e^src[i]` (same lengths), split across rayon's pool when large.
+/// `dst[i] = e^src[i]` (same lengths), split across rayon's pool when large (`crate::par`).
 pub fn exp_into_f32(src: &[f32], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "exp_into_f32: lengths differ");
-    #[cfg(feature = "rayon")]
-    if src.len() >= 2 * CHUNK {
-        dst.par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| exp_into_seq(s, d));
-        return;
-    }
-    exp_into_seq(src, dst);
+    crate::par::zip_chunks_mut(dst, src, |d, s| exp_into_seq(s, d));
 }
 
 #[macerator::with_simd]
