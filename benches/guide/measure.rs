@@ -480,6 +480,9 @@ pub fn peak_rss_growth(config: &OptConfig, method: Method, s: &Settings) -> u64 
     let mut row = Row::new(&base, config, method);
     drop(base);
     let input = ids(s.batch, s.seq, config.vocab_size, &device);
+    // Model building's freed temporaries go back to the kernel first (`peft` keeps freed
+    // memory), so that the growth counts what the steps need, not what they reuse.
+    peft_train::memory::release_freed_memory();
     reset_peak_rss();
     let before = rss_bytes();
     row.train_step(&input, false);

@@ -49,6 +49,8 @@ fn time(name: &str, flop: f64, mut f: impl FnMut() -> f32) {
 }
 
 fn main() {
+    // As `peft` does.
+    peft_train::memory::retain_freed_memory();
     let device = Device::default();
     let random = |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Default, &device);
     // One element, so that the op has run (flex is eager) without copying the result.
@@ -70,6 +72,10 @@ fn main() {
     time("g·Wᵀ [1024,768]·[768,768]ᵀ", flop, || {
         first(x.clone().matmul(w.clone().swap_dims(2, 3)))
     });
+    let w_t = Tensor::<4>::from_data(w.clone().swap_dims(2, 3).into_data(), &device);
+    time("g·Wᵀ, Wᵀ stored contiguous", flop, || {
+        first(x.clone().matmul(w_t.clone()))
+    });
     time("xᵀ·g [768,1024]·[1024,768]", flop, || {
         first(x.clone().swap_dims(2, 3).matmul(x.clone()))
     });
@@ -81,6 +87,12 @@ fn main() {
     });
     time("fc2 [1024,3072]·[3072,768]", 4.0 * flop, || {
         first(h.clone().matmul(down.clone()))
+    });
+    time("fc1 g·Wᵀ [1024,3072]·[768,3072]ᵀ", 4.0 * flop, || {
+        first(h.clone().matmul(up.clone().swap_dims(2, 3)))
+    });
+    time("fc2 g·Wᵀ [1024,768]·[3072,768]ᵀ", 4.0 * flop, || {
+        first(x.clone().matmul(down.clone().swap_dims(2, 3)))
     });
 
     let embedding = random([1, 1, vocab, d]);

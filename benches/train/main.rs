@@ -59,6 +59,8 @@ fn median_min_max(v: &[f64]) -> (f64, f64, f64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // As `peft` does.
+    peft_train::memory::retain_freed_memory();
     let (batch, seq) = (arg(&args, "--batch", 4), arg(&args, "--seq", 128));
     let (steps, rounds) = (arg(&args, "--steps", 3), arg(&args, "--rounds", 5));
     let out = args

@@ -36,8 +36,9 @@ pub fn is_float(dtype: &str) -> bool {
 
 /// Maps `file` read-only.
 ///
-/// The one `unsafe` block of the project: a mapping is undefined behaviour if another process
-/// truncates the file while it is mapped. Checkpoints are read-only inputs here, and this is how
+/// One of the project's three `unsafe` blocks (the others are `peft_train::memory`'s allocator
+/// calls): a mapping is undefined behaviour if another process truncates the file while it is
+/// mapped. Checkpoints are read-only inputs here, and this is how
 /// the safetensors ecosystem (safetensors-rs, candle, mistral.rs) reads them without copying.
 #[allow(unsafe_code)]
 fn map(file: &File) -> std::io::Result<Mmap> {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod loss;
+pub mod memory;
 pub mod schedule;
 pub mod step;
 pub mod tokenizer;

@@ -38,12 +38,29 @@ pub(crate) fn zip_chunks_mut<E: Send, F: Sync>(
     f(dst, src)
 }
 
+/// A vector of `len` elements whose values are not set, for an output that is written whole
+/// before anything reads it.
+///
+/// `vec![0; len]` would be one more pass over the buffer: on memory the allocator reuses, a
+/// `memset` on the calling thread while the pool waits.
+///
+/// # Safety
+/// The caller writes every element before any is read.
+pub(crate) unsafe fn uninit_vec<E: bytemuck::Pod>(len: usize) -> alloc::vec::Vec<E> {
+    let mut out = alloc::vec::Vec::with_capacity(len);
+    // SAFETY: the capacity is `len`; `E` is plain old data and the caller writes every element
+    // before reading it (the same contract as `FlexTensor::copy_contiguous`'s buffer).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// `src` mapped through `op` into a new vector, in parallel when large.
-pub(crate) fn map<E: Copy + Send + Sync + Default, F: Copy + Sync>(
+pub(crate) fn map<E: bytemuck::Pod + Send + Sync, F: Copy + Sync>(
     src: &[F],
     op: impl Fn(F) -> E + Sync + Send,
 ) -> alloc::vec::Vec<E> {
-    let mut out = alloc::vec![E::default(); src.len()];
+    // SAFETY: `zip_chunks_mut` hands every element of `out` to the loop below, which writes it.
+    let mut out = unsafe { uninit_vec(src.len()) };
     zip_chunks_mut(&mut out, src, |d, s| {
         for (o, &x) in d.iter_mut().zip(s) {
             *o = op(x);

@@ -252,6 +252,30 @@ impl FlexTensor {
         }
     }
 
+    /// A contiguous tensor whose elements are not set, for an op that writes every element (a
+    /// matmul's output): [`empty`](Self::empty) zeroes the buffer first, one more pass over it.
+    ///
+    /// # Safety
+    /// The caller writes every element before any is read.
+    pub(crate) unsafe fn empty_for_overwrite(shape: Shape, dtype: DType) -> Self {
+        let n = shape.num_elements();
+        // SAFETY: passed on to the caller.
+        let bytes = unsafe {
+            match dtype_size(dtype) {
+                1 => Bytes::from_elems(crate::par::uninit_vec::<u8>(n)),
+                2 => Bytes::from_elems(crate::par::uninit_vec::<u16>(n)),
+                4 => Bytes::from_elems(crate::par::uninit_vec::<u32>(n)),
+                8 => Bytes::from_elems(crate::par::uninit_vec::<u64>(n)),
+                _ => return Self::empty(shape, dtype),
+            }
+        };
+        Self {
+            data: Arc::new(bytes),
+            layout: Layout::contiguous(shape),
+            dtype,
+        }
+    }
+
     /// Create a tensor filled with zeros.
     pub fn zeros(shape: Shape, dtype: DType) -> Self {
         Self::empty(shape, dtype)

@@ -261,7 +261,9 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let rhs_ptr = unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) };
 
     let out_shape = Shape::from(vec![m, n]);
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
+    // SAFETY: `gemm` with alpha 0 writes every element of the output without reading it
+    // (`m·n` elements per matrix, every batch matrix).
+    let mut output = unsafe { FlexTensor::empty_for_overwrite(out_shape, T::dtype()) };
     let out_data: &mut [T] = output.storage_mut();
 
     let parallelism = get_parallelism(m, n, k);
@@ -364,7 +366,9 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
     out_dims.push(n);
     let out_shape = Shape::from(out_dims);
 
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
+    // SAFETY: `gemm` with alpha 0 writes every element of the output without reading it
+    // (`m·n` elements per matrix, every batch matrix).
+    let mut output = unsafe { FlexTensor::empty_for_overwrite(out_shape, T::dtype()) };
 
     let lhs_data: &[T] = lhs.storage();
     let rhs_data: &[T] = rhs.storage();
@@ -920,6 +924,27 @@ mod tests {
     use burn_std::{bf16, f16};
 
     use crate::{Flex, FlexTensor};
+
+    /// The output buffer is not zeroed before `gemm` writes it: freed memory full of NaN, reused
+    /// for the output, must not show through, also when `k = 0` (the product is all zeros).
+    #[test]
+    fn test_matmul_output_overwrites_reused_memory() {
+        for (m, k, n) in [(64, 0, 48), (64, 32, 48), (1, 0, 3000), (300, 1, 7)] {
+            for _ in 0..3 {
+                drop(core::hint::black_box(vec![f32::NAN; m * n]));
+                let lhs = FlexTensor::from_data(TensorData::new(vec![1.0f32; m * k], [m, k]));
+                let rhs = FlexTensor::from_data(TensorData::new(vec![2.0f32; k * n], [k, n]));
+                let out = Flex::float_matmul(lhs.clone(), rhs.clone());
+                let out: alloc::vec::Vec<f32> = out.into_data().to_vec().unwrap();
+                assert!(out.iter().all(|&v| v == 2.0 * k as f32), "{m}×{k}×{n}");
+                // Batched path: [2, m, k] · [k, n] broadcast.
+                let lhs3 = FlexTensor::from_data(TensorData::new(vec![1.0f32; 2 * m * k], [2, m, k]));
+                let out = Flex::float_matmul(lhs3, rhs.reshape(burn_std::Shape::from(vec![1, k, n])));
+                let out: alloc::vec::Vec<f32> = out.into_data().to_vec().unwrap();
+                assert!(out.iter().all(|&v| v == 2.0 * k as f32), "batched {m}×{k}×{n}");
+            }
+        }
+    }
 
     #[test]
     fn test_matmul_f64() {

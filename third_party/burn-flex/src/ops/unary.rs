@@ -206,7 +206,8 @@ pub fn exp(mut tensor: FlexTensor) -> FlexTensor {
         let layout = tensor.layout().clone();
         if let Some((start, end)) = layout.contiguous_offsets() {
             let src: &[f32] = tensor.storage();
-            let mut out = alloc::vec![0.0f32; n];
+            // SAFETY: `exp_into_f32` writes every element of `out`.
+            let mut out = unsafe { crate::par::uninit_vec::<f32>(n) };
             exp_into_f32(&src[start..end], &mut out);
             let bytes = Bytes::from_elems(out);
             return FlexTensor::new(bytes, Layout::contiguous(layout.shape().clone()), DType::F32);
