@@ -95,9 +95,17 @@ fn main() {
         first(x.clone().matmul(down.clone().swap_dims(2, 3)))
     });
 
+    let token = random([1, 1, 1, d]);
+    time("1 token x·W [1,768]·[768,768]", flop / tokens as f64, || {
+        first(token.clone().matmul(w.clone()))
+    });
+    time("1 token fc1 [1,768]·[768,3072]", 4.0 * flop / tokens as f64, || {
+        first(token.clone().matmul(up.clone()))
+    });
+
     let embedding = random([1, 1, vocab, d]);
     let head_flop = |rows: usize| 2.0 * (rows * d * vocab) as f64;
-    for rows in [80, 256, 512, 1024] {
+    for rows in [1, 80, 256, 512, 1024] {
         let x = random([1, 1, rows, d]);
         let g = random([1, 1, rows, vocab]);
         time(

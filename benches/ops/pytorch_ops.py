@@ -47,8 +47,11 @@ def main():
     bench("fc2 [1024,3072]·[3072,768]", 4 * flop, lambda: h @ down)
     bench("fc1 g·Wᵀ [1024,3072]·[768,3072]ᵀ", 4 * flop, lambda: h @ up.t())
     bench("fc2 g·Wᵀ [1024,768]·[3072,768]ᵀ", 4 * flop, lambda: x @ down.t())
+    token = r(1, d)
+    bench("1 token x·W [1,768]·[768,768]", flop / tokens, lambda: token @ w)
+    bench("1 token fc1 [1,768]·[768,3072]", 4 * flop / tokens, lambda: token @ up)
     embedding = r(vocab, d)
-    for rows in [80, 256, 512, 1024]:
+    for rows in [1, 80, 256, 512, 1024]:
         xs, g = r(rows, d), r(rows, vocab)
         bench(f"head x·Eᵀ, {rows} rows", 2 * rows * d * vocab, lambda: xs @ embedding.t())
         bench(f"head g·E, {rows} rows", 2 * rows * d * vocab, lambda: g @ embedding)

@@ -268,6 +268,28 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
 
     let parallelism = get_parallelism(m, n, k);
 
+    // SAFETY: the output and the inputs' layouts describe valid `[1, n]`, `[1, k]`, `[k, n]`
+    // matrices when `m = 1`.
+    if m == 1
+        && unsafe {
+            gemm_one_row_split(
+                n,
+                k,
+                out_data.as_mut_ptr(),
+                1,
+                n as isize,
+                lhs_ptr,
+                lhs_col_stride,
+                lhs_row_stride,
+                rhs_ptr,
+                rhs_col_stride,
+                rhs_row_stride,
+            )
+        }
+    {
+        return output;
+    }
+
     unsafe {
         gemm_call(
             m,
@@ -287,6 +309,83 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     }
 
     output
+}
+
+/// Smallest `k·n` for which a one-row product is split across rayon's pool: the LM head's
+/// (`768 · 50272`), not a decoder layer's (`768 · 3072` ran 1.4× slower split, in `op-bench`:
+/// waking the pool costs more than the second core saves).
+#[cfg(feature = "rayon")]
+const ROW_SPLIT_MIN: usize = 1 << 22;
+
+/// Columns of one piece of a split one-row product: a multiple of 16 (one AVX-512 register of
+/// f32), so that pieces start where `gemm`'s vectorised loops would.
+#[cfg(feature = "rayon")]
+const ROW_SPLIT_ALIGN: usize = 16;
+
+/// A product with one output row (`m = 1`: the token of a decoding step), split by columns
+/// across rayon's pool, one `gemm` call per piece. `gemm` runs `m = 1` as a matrix-vector
+/// product on the calling thread only, although it reads the whole right-hand side (the LM
+/// head's `[hidden, vocab]`: 154 MB for OPT-125m). Returns `false`, having done nothing, when
+/// the product is too small to split.
+///
+/// # Safety
+/// As [`gemm_call`] with `m = 1`: the pointers and strides describe valid `[1, k]`, `[k, n]`
+/// and `[1, n]` matrices. The row strides address nothing here; they are passed on because
+/// `gemm` picks its path from them.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_one_row_split<T: GemmScalar>(
+    n: usize,
+    k: usize,
+    out: *mut T,
+    out_cs: isize,
+    out_rs: isize,
+    lhs: *const T,
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: *const T,
+    rhs_cs: isize,
+    rhs_rs: isize,
+) -> bool {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        if k.saturating_mul(n) < ROW_SPLIT_MIN || n < 2 * ROW_SPLIT_ALIGN {
+            return false;
+        }
+        let pieces = (rayon::current_num_threads() * 4).min(k * n / (ROW_SPLIT_MIN / 4));
+        let width = n.div_ceil(pieces.max(1)).next_multiple_of(ROW_SPLIT_ALIGN);
+        // Raw pointers are not `Send`: the pieces get addresses, and write disjoint columns.
+        let (out, lhs, rhs) = (out as usize, lhs as usize, rhs as usize);
+        (0..n.div_ceil(width)).into_par_iter().for_each(|piece| {
+            let start = piece * width;
+            let cols = width.min(n - start);
+            // SAFETY: columns `start..start + cols` of the caller's valid matrices; no two
+            // pieces share an output element.
+            unsafe {
+                gemm_call::<T>(
+                    1,
+                    cols,
+                    k,
+                    (out as *mut T).offset(start as isize * out_cs),
+                    out_cs,
+                    out_rs,
+                    lhs as *const T,
+                    lhs_cs,
+                    lhs_rs,
+                    (rhs as *const T).offset(start as isize * rhs_cs),
+                    rhs_cs,
+                    rhs_rs,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+        true
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        let _ = (n, k, out, out_cs, out_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs);
+        false
+    }
 }
 
 /// Strided gemm call for one matrix. Wraps `gemm::gemm` with GemmScalar zero/one.
@@ -400,6 +499,28 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
             );
         }
     };
+
+    if batch_size == 1 && m == 1 {
+        // SAFETY: as `run_one` for batch 0.
+        let split = unsafe {
+            gemm_one_row_split(
+                n,
+                k,
+                out_data.as_mut_ptr(),
+                1,
+                n as isize,
+                lhs_data.as_ptr().offset(lhs_start),
+                lhs_col_stride,
+                lhs_row_stride,
+                rhs_data.as_ptr().offset(rhs_start),
+                rhs_col_stride,
+                rhs_row_stride,
+            )
+        };
+        if split {
+            return output;
+        }
+    }
 
     // Strategy:
     // 1. Large matrices: let gemm parallelize internally
@@ -942,6 +1063,38 @@ mod tests {
                 let out = Flex::float_matmul(lhs3, rhs.reshape(burn_std::Shape::from(vec![1, k, n])));
                 let out: alloc::vec::Vec<f32> = out.into_data().to_vec().unwrap();
                 assert!(out.iter().all(|&v| v == 2.0 * k as f32), "batched {m}×{k}×{n}");
+            }
+        }
+    }
+
+    /// One-row products large enough to be split by columns across the pool: row-major and
+    /// transposed right-hand sides (the LM head's `x·Eᵀ`), 2-D and batched, widths that are not
+    /// a multiple of the piece alignment, against an f64 reference.
+    #[test]
+    fn test_matmul_one_row_split_matches_reference() {
+        for (k, n, transposed) in [(768, 6001, false), (1024, 4099, true), (2048, 2100, false)] {
+            let x: alloc::vec::Vec<f32> = (0..k).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6).collect();
+            let w: alloc::vec::Vec<f32> =
+                (0..k * n).map(|i| ((i * 31) % 17) as f32 * 0.05 - 0.4).collect();
+            // `w` holds `[k, n]` row-major, or `[n, k]` row-major read through a transpose.
+            let at = |row: usize, col: usize| if transposed { w[col * k + row] } else { w[row * n + col] };
+            let want: alloc::vec::Vec<f64> = (0..n)
+                .map(|j| (0..k).map(|i| x[i] as f64 * at(i, j) as f64).sum())
+                .collect();
+            let rhs = if transposed {
+                FlexTensor::from_data(TensorData::new(w.clone(), [n, k])).transpose(0, 1)
+            } else {
+                FlexTensor::from_data(TensorData::new(w.clone(), [k, n]))
+            };
+            let lhs = FlexTensor::from_data(TensorData::new(x.clone(), [1, k]));
+            let lhs3 = FlexTensor::from_data(TensorData::new(x.clone(), [1, 1, k]));
+            let rhs3 = rhs.reshape(burn_std::Shape::from(vec![1, k, n]));
+            for out in [Flex::float_matmul(lhs, rhs), Flex::float_matmul(lhs3, rhs3)] {
+                let got: alloc::vec::Vec<f32> = out.into_data().to_vec().unwrap();
+                assert_eq!(got.len(), n);
+                for (j, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                    assert!((g as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()), "{k}×{n} col {j}: {g} vs {e}");
+                }
             }
         }
     }
