@@ -96,12 +96,16 @@ fn main() {
     });
 
     let token = random([1, 1, 1, d]);
-    time("1 token x·W [1,768]·[768,768]", flop / tokens as f64, || {
-        first(token.clone().matmul(w.clone()))
-    });
-    time("1 token fc1 [1,768]·[768,3072]", 4.0 * flop / tokens as f64, || {
-        first(token.clone().matmul(up.clone()))
-    });
+    time(
+        "1 token x·W [1,768]·[768,768]",
+        flop / tokens as f64,
+        || first(token.clone().matmul(w.clone())),
+    );
+    time(
+        "1 token fc1 [1,768]·[768,3072]",
+        4.0 * flop / tokens as f64,
+        || first(token.clone().matmul(up.clone())),
+    );
 
     let embedding = random([1, 1, vocab, d]);
     let head_flop = |rows: usize| 2.0 * (rows * d * vocab) as f64;

@@ -15,8 +15,8 @@ use crate::config::BoneMode;
 ///
 /// - default/mini: `ΔW[i, o] = B[i mod r, o]` (mini: `B[i mod r, o mod mini_r]`); the factored
 ///   forward adds `(Σ r-wide chunks of the zero-padded x)·B` without composing ΔW.
-/// - bat: per r×r tile (PyTorch layout) `W' = W·(I + B[a]) + B[a]`; it depends on W, so both
-///   paths compose the tile update, as PEFT does.
+/// - bat: per r×r tile (PyTorch layout) `W' = W·(I + B[a]) + B[a]`; it depends on W, so it
+///   does not run factored: the layer multiplies by the composed `W + ΔW`, as PEFT does.
 #[derive(Module, Debug)]
 pub struct BoneAdapter {
     /// The block.
@@ -102,6 +102,12 @@ impl Reparameterization for BoneAdapter {
 }
 
 impl FactoredAdapter for BoneAdapter {
+    fn runs_factored(&self) -> bool {
+        // bat composes a dense ΔW from W: one product by `W + ΔW` (1 forward, 2 backward)
+        // instead of `x·W + x·ΔW` (2 forward, 3 backward).
+        self.mode != BoneMode::Bat
+    }
+
     fn linear_delta(&self, x: Tensor<2>, base_weight: &Tensor<2>) -> Option<Tensor<2>> {
         if !self.switch.is_enabled() {
             return None;
