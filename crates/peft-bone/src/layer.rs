@@ -8,6 +8,10 @@ use peft_core::nn::FactoredAdapter;
 
 use crate::config::BoneMode;
 
+/// Inputs of at least this many tokens run bat mode through the composed weight `W + ΔW`
+/// ([`FactoredAdapter::runs_factored`]); fewer (decoding steps, short prompts) run factored.
+pub const BAT_COMPOSED_MIN_TOKENS: usize = 64;
+
 /// A Bone/MiSS block attached to a Linear weight `W` `[d_in, d_out]` (burn layout).
 ///
 /// The block is stored rank 3: default `[1, r, out]`, mini `[1, r, mini_r]`, bat `[out/r, r, r]`
@@ -15,8 +19,9 @@ use crate::config::BoneMode;
 ///
 /// - default/mini: `ΔW[i, o] = B[i mod r, o]` (mini: `B[i mod r, o mod mini_r]`); the factored
 ///   forward adds `(Σ r-wide chunks of the zero-padded x)·B` without composing ΔW.
-/// - bat: per r×r tile (PyTorch layout) `W' = W·(I + B[a]) + B[a]`; it depends on W, so it
-///   does not run factored: the layer multiplies by the composed `W + ΔW`, as PEFT does.
+/// - bat: per r×r tile (PyTorch layout) `W' = W·(I + B[a]) + B[a]`; it depends on W. From
+///   [`BAT_COMPOSED_MIN_TOKENS`] tokens on the layer multiplies by the composed `W + ΔW`, as PEFT
+///   does; below, it adds `x·ΔW` to `x·W`.
 #[derive(Module, Debug)]
 pub struct BoneAdapter {
     /// The block.
@@ -102,10 +107,12 @@ impl Reparameterization for BoneAdapter {
 }
 
 impl FactoredAdapter for BoneAdapter {
-    fn runs_factored(&self) -> bool {
-        // bat composes a dense ΔW from W: one product by `W + ΔW` (1 forward, 2 backward)
-        // instead of `x·W + x·ΔW` (2 forward, 3 backward).
-        self.mode != BoneMode::Bat
+    fn runs_factored(&self, tokens: usize) -> bool {
+        // bat composes a dense ΔW from W either way. For many tokens one product by `W + ΔW`
+        // (1 forward, 2 backward) beats `x·W + x·ΔW` (2 forward, 3 backward); for a few, the
+        // `d_in × d_out` sum costs more than the second product (two guide runs on OPT-125m:
+        // composed, the 256-token prompt took 0.92× and the single token 1.21× the factored time).
+        self.mode != BoneMode::Bat || tokens < BAT_COMPOSED_MIN_TOKENS
     }
 
     fn linear_delta(&self, x: Tensor<2>, base_weight: &Tensor<2>) -> Option<Tensor<2>> {

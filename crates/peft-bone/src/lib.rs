@@ -44,6 +44,6 @@ pub mod model;
 
 pub use config::{BoneConfig, BoneFormat, BoneMode};
 pub use error::{BoneError, Result};
-pub use layer::BoneAdapter;
+pub use layer::{BAT_COMPOSED_MIN_TOKENS, BoneAdapter};
 pub use method::Bone;
 pub use model::{BoneModel, MergedBoneModel};

@@ -175,3 +175,40 @@ proptest! {
         }
     }
 }
+
+/// Bat mode runs composed (`x·(W + ΔW)`) from `BAT_COMPOSED_MIN_TOKENS` tokens on and factored
+/// (`x·W + x·ΔW`) below: both give the merged layer's output, which differs from the base's.
+#[test]
+fn bat_forward_composed_and_factored_equal_the_merged_layer() {
+    use burn::tensor::{Distribution, Tensor};
+    let device = Device::default();
+    let c = Case {
+        r: 4,
+        d_in: 8,
+        d_out: 12,
+        mode: BoneMode::Bat,
+        seed: 7,
+    };
+    let bone = adapted(&c, &device);
+    let tokens = peft_bone::BAT_COMPOSED_MIN_TOKENS;
+    let x = Tensor::<2>::random([tokens, c.d_in], Distribution::Default, &device);
+    let composed = values(bone.model.layer.forward(x.clone()).into_data());
+    let factored: Vec<f32> = (0..tokens)
+        .flat_map(|t| {
+            values(
+                bone.model
+                    .layer
+                    .forward(x.clone().narrow(0, t, 1))
+                    .into_data(),
+            )
+        })
+        .collect();
+    let plain = values(base(&c, &device).layer.forward(x.clone()).into_data());
+    let merged = values(bone.merge().into_model().layer.forward(x).into_data());
+    assert!(rel_diff(&composed, &merged) <= 1e-5, "composed");
+    assert!(rel_diff(&factored, &merged) <= 1e-5, "factored");
+    assert!(
+        rel_diff(&plain, &merged) > 1e-3,
+        "the adapter changes the output"
+    );
+}

@@ -43,7 +43,8 @@ impl FactoredEmbedding {
     /// - input: `[batch, seq]`
     /// - output: `[batch, seq, d_model]`
     pub fn forward(&self, input: Tensor<2, Int>) -> Tensor<3> {
-        let Some(adapter) = factored_adapter(&self.weight) else {
+        let [batch, seq] = input.dims();
+        let Some(adapter) = factored_adapter(&self.weight, batch * seq) else {
             return embedding(self.weight.val(), input);
         };
         let weight = self.weight.base();

@@ -21,12 +21,14 @@ pub trait FactoredAdapter: Send + Sync + 'static {
     /// - returns `[tokens, d_out]`, or `None` when the adapter is inactive (disabled).
     fn linear_delta(&self, x: Tensor<2>, base_weight: &Tensor<2>) -> Option<Tensor<2>>;
 
-    /// Whether the layers run this adapter factored (the default). An adapter whose update is a
-    /// dense `ΔW` computed from the base weight anyway (MiSS/Bone's bat mode) returns `false`:
-    /// the layer then multiplies once by the composed weight `W + ΔW` (the parameter's
-    /// reparameterised value), as PEFT does, instead of `x·W + x·ΔW`, which costs one more
-    /// product forward and two more backward.
-    fn runs_factored(&self) -> bool {
+    /// Whether the layers run this adapter factored for an input of `tokens` rows (the default:
+    /// always). An adapter whose update is a dense `ΔW` computed from the base weight anyway
+    /// (MiSS/Bone's bat mode) returns `false` for many tokens: the layer then multiplies once by
+    /// the composed weight `W + ΔW` (the parameter's reparameterised value), as PEFT does,
+    /// instead of `x·W + x·ΔW`, which costs one more product forward and two more backward. For
+    /// a few tokens (a decoding step) composing costs more than the second product.
+    fn runs_factored(&self, tokens: usize) -> bool {
+        let _ = tokens;
         true
     }
 
@@ -88,10 +90,10 @@ pub fn register_factored<R: Reparameterization + FactoredAdapter>() {
 }
 
 /// The factored adapter attached to `weight`, if its type was registered and it
-/// [runs factored](FactoredAdapter::runs_factored).
-pub fn factored_adapter(weight: &Param<Tensor<2>>) -> Option<&dyn FactoredAdapter> {
+/// [runs factored](FactoredAdapter::runs_factored) for an input of `tokens` rows.
+pub fn factored_adapter(weight: &Param<Tensor<2>>, tokens: usize) -> Option<&dyn FactoredAdapter> {
     let reg = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
     reg.iter()
         .find_map(|(_, p)| p(weight))
-        .filter(|adapter| adapter.runs_factored())
+        .filter(|adapter| adapter.runs_factored(tokens))
 }

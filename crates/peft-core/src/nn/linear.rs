@@ -63,13 +63,13 @@ impl FactoredLinear {
     /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         let bias = self.bias.as_ref().map(|b| b.val());
-        let Some(adapter) = factored_adapter(&self.weight) else {
+        let dims = input.dims();
+        let tokens = dims[..D - 1].iter().product::<usize>();
+        let Some(adapter) = factored_adapter(&self.weight, tokens) else {
             return linear(input, self.weight.val(), bias);
         };
         let weight = self.weight.base();
         let [d_in, d_out] = weight.dims();
-        let dims = input.dims();
-        let tokens = dims[..D - 1].iter().product::<usize>();
         let x = input.reshape([tokens, d_in]);
         let base = x.clone().matmul(weight.clone());
         let y = adapter.linear_output(x, &weight, base);
