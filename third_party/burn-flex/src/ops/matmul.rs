@@ -312,8 +312,8 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
 }
 
 /// Smallest `k·n` for which a one-row product is split across rayon's pool: the LM head's
-/// (`768 · 50272`), not a decoder layer's (`768 · 3072` ran 1.4× slower split, in `op-bench`:
-/// waking the pool costs more than the second core saves).
+/// (`768 · 50272`), not a decoder layer's (split, `768 · 768` and `768 · 3072` ran 1.8× and
+/// 1.45× slower in `op-bench`: waking the pool costs more than the second core saves).
 #[cfg(feature = "rayon")]
 const ROW_SPLIT_MIN: usize = 1 << 22;
 
