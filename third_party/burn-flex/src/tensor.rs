@@ -231,25 +231,8 @@ impl FlexTensor {
 
     /// Create an empty tensor with given shape and dtype.
     pub fn empty(shape: Shape, dtype: DType) -> Self {
-        let num_elements = shape.num_elements();
-        let elem_size = dtype_size(dtype);
-        // Allocate zeroed elements of the dtype's width, so that the buffer is aligned for the
-        // dtype already. `Bytes::from_bytes_vec` on a `Vec<u8>` always reallocates and copies to
-        // enforce a 16-byte alignment: a second pass over every output buffer, and twice the
-        // fresh pages.
-        let bytes = match elem_size {
-            1 => Bytes::from_elems(alloc::vec![0u8; num_elements]),
-            2 => Bytes::from_elems(alloc::vec![0u16; num_elements]),
-            4 => Bytes::from_elems(alloc::vec![0u32; num_elements]),
-            8 => Bytes::from_elems(alloc::vec![0u64; num_elements]),
-            _ => Bytes::from_bytes_vec(alloc::vec![0u8; num_elements * elem_size]),
-        };
-        let layout = Layout::contiguous(shape);
-        Self {
-            data: Arc::new(bytes),
-            layout,
-            dtype,
-        }
+        // SAFETY: zeroed, every element is set.
+        unsafe { Self::allocate(shape, dtype, true) }
     }
 
     /// A contiguous tensor whose elements are not set, for an op that writes every element (a
@@ -258,16 +241,36 @@ impl FlexTensor {
     /// # Safety
     /// The caller writes every element before any is read.
     pub(crate) unsafe fn empty_for_overwrite(shape: Shape, dtype: DType) -> Self {
-        let n = shape.num_elements();
         // SAFETY: passed on to the caller.
-        let bytes = unsafe {
-            match dtype_size(dtype) {
-                1 => Bytes::from_elems(crate::par::uninit_vec::<u8>(n)),
-                2 => Bytes::from_elems(crate::par::uninit_vec::<u16>(n)),
-                4 => Bytes::from_elems(crate::par::uninit_vec::<u32>(n)),
-                8 => Bytes::from_elems(crate::par::uninit_vec::<u64>(n)),
-                _ => return Self::empty(shape, dtype),
-            }
+        unsafe { Self::allocate(shape, dtype, false) }
+    }
+
+    /// A contiguous tensor on a new buffer, zeroed or not.
+    ///
+    /// Elements of the dtype's width are allocated, so that the buffer is aligned for the dtype
+    /// already. `Bytes::from_bytes_vec` on a `Vec<u8>` always reallocates and copies to enforce a
+    /// 16-byte alignment: a second pass over every output buffer, and twice the fresh pages.
+    ///
+    /// # Safety
+    /// Unless `zeroed`, the caller writes every element before any is read.
+    unsafe fn allocate(shape: Shape, dtype: DType, zeroed: bool) -> Self {
+        fn buffer<E: bytemuck::Pod + Send + Sync>(n: usize, zeroed: bool) -> Bytes {
+            let elems = if zeroed {
+                alloc::vec![E::zeroed(); n]
+            } else {
+                // SAFETY: `allocate`'s caller writes every element before any is read.
+                unsafe { crate::par::uninit_vec::<E>(n) }
+            };
+            Bytes::from_elems(elems)
+        }
+        let n = shape.num_elements();
+        let elem_size = dtype_size(dtype);
+        let bytes = match elem_size {
+            1 => buffer::<u8>(n, zeroed),
+            2 => buffer::<u16>(n, zeroed),
+            4 => buffer::<u32>(n, zeroed),
+            8 => buffer::<u64>(n, zeroed),
+            _ => Bytes::from_bytes_vec(alloc::vec![0u8; n * elem_size]),
         };
         Self {
             data: Arc::new(bytes),

@@ -27,8 +27,7 @@ pub trait FactoredAdapter: Send + Sync + 'static {
     /// the composed weight `W + ΔW` (the parameter's reparameterised value), as PEFT does,
     /// instead of `x·W + x·ΔW`, which costs one more product forward and two more backward. For
     /// a few tokens (a decoding step) composing costs more than the second product.
-    fn runs_factored(&self, tokens: usize) -> bool {
-        let _ = tokens;
+    fn runs_factored(&self, _tokens: usize) -> bool {
         true
     }
 

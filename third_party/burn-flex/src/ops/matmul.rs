@@ -1056,12 +1056,12 @@ mod tests {
                 let lhs = FlexTensor::from_data(TensorData::new(vec![1.0f32; m * k], [m, k]));
                 let rhs = FlexTensor::from_data(TensorData::new(vec![2.0f32; k * n], [k, n]));
                 let out = Flex::float_matmul(lhs.clone(), rhs.clone());
-                let out: alloc::vec::Vec<f32> = out.into_data().to_vec().unwrap();
+                let out: alloc::vec::Vec<f32> = out.into_data().try_into_vec().unwrap();
                 assert!(out.iter().all(|&v| v == 2.0 * k as f32), "{m}×{k}×{n}");
                 // Batched path: [2, m, k] · [k, n] broadcast.
                 let lhs3 = FlexTensor::from_data(TensorData::new(vec![1.0f32; 2 * m * k], [2, m, k]));
                 let out = Flex::float_matmul(lhs3, rhs.reshape(burn_std::Shape::from(vec![1, k, n])));
-                let out: alloc::vec::Vec<f32> = out.into_data().to_vec().unwrap();
+                let out: alloc::vec::Vec<f32> = out.into_data().try_into_vec().unwrap();
                 assert!(out.iter().all(|&v| v == 2.0 * k as f32), "batched {m}×{k}×{n}");
             }
         }
@@ -1090,7 +1090,7 @@ mod tests {
             let lhs3 = FlexTensor::from_data(TensorData::new(x.clone(), [1, 1, k]));
             let rhs3 = rhs.reshape(burn_std::Shape::from(vec![1, k, n]));
             for out in [Flex::float_matmul(lhs, rhs), Flex::float_matmul(lhs3, rhs3)] {
-                let got: alloc::vec::Vec<f32> = out.into_data().to_vec().unwrap();
+                let got: alloc::vec::Vec<f32> = out.into_data().try_into_vec().unwrap();
                 assert_eq!(got.len(), n);
                 for (j, (&g, &e)) in got.iter().zip(&want).enumerate() {
                     assert!((g as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()), "{k}×{n} col {j}: {g} vs {e}");
