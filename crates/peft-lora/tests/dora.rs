@@ -168,6 +168,7 @@ macro_rules! check_linear {
 
 #[test]
 fn factored_dora_linear_matches_peft() {
+    let _rng = rng_lock();
     for case in ["linear_bias", "linear_rslora"] {
         check_linear!(OneFactored, factored, case);
     }
@@ -175,6 +176,7 @@ fn factored_dora_linear_matches_peft() {
 
 #[test]
 fn weight_space_dora_linear_matches_peft() {
+    let _rng = rng_lock();
     for case in ["linear_bias", "linear_rslora"] {
         check_linear!(OneBurn, burn_linear, case);
     }
@@ -182,6 +184,7 @@ fn weight_space_dora_linear_matches_peft() {
 
 #[test]
 fn dora_embedding_matches_peft() {
+    let _rng = rng_lock();
     let device = device();
     let f = fixture("embedding");
     let [num, dim] = [f["weight"].shape()[0], f["weight"].shape()[1]];
@@ -222,6 +225,7 @@ fn dora_embedding_matches_peft() {
 
 #[test]
 fn fresh_dora_starts_at_the_base_output_with_m_equal_to_the_weight_norm() {
+    let _rng = rng_lock();
     let device = device();
     let model = factored(16, 12, true, &device);
     let x = Tensor::<2>::random([4, 16], burn::tensor::Distribution::Default, &device);
@@ -249,6 +253,7 @@ fn fresh_dora_starts_at_the_base_output_with_m_equal_to_the_weight_norm() {
 
 #[test]
 fn a_dora_folder_without_magnitudes_is_an_error_naming_the_key() {
+    let _rng = rng_lock();
     let f = fixture("linear_bias");
     let dir = adapter_folder("linear_bias", &f);
     let path = dir.path().join("adapter_model.safetensors");
@@ -270,6 +275,7 @@ fn a_dora_folder_without_magnitudes_is_an_error_naming_the_key() {
 /// `y = x·W + b + (scale − 1) ⊙ x̃·W + scale ⊙ s·x̃·A·B`, `scale = m / ‖W + s·A·B‖`.
 #[test]
 fn dropout_in_training_rescales_the_dropped_out_base_product_as_peft_does() {
+    let _rng = rng_lock();
     let device = device();
     let model = factored(16, 12, true, &device);
     let config = peft_lora::LoraConfig::new(peft_core::TargetModules::names(["layer"]))

@@ -21,6 +21,14 @@ pub fn meta() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("meta.json")).unwrap()).unwrap()
 }
 
+/// Serialises the tests of one binary that draw random numbers: burn's generator is global per
+/// backend, so a test that seeds it and expects a given draw (a dropout mask) holds this lock, as
+/// does every other test of its binary that draws (random inputs, randomly initialised layers).
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The device the suite runs on (`BURN_DEVICE` picks the backend), with autodiff.
 pub fn device() -> Device {
     Device::default().autodiff()
