@@ -5,6 +5,8 @@ use burn::tensor::{Tensor, TensorData, activation::softmax};
 /// Softmax attention of every position over itself and the positions before it.
 ///
 /// Key/value heads are shared by `heads / kv_heads` query heads each (grouped-query attention).
+/// `scale` multiplies the queries before the product (as OPT does), which equals scaling the
+/// `[seq, seq]` scores with `head_dim / seq` of the work.
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, seq, head_dim]`
@@ -31,7 +33,7 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) ->
         }
     }
     let mask = Tensor::<4>::from_data(TensorData::new(mask, [1, 1, seq, seq]), &q.device());
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + mask;
+    let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3)) + mask;
     softmax(scores, 3).matmul(v)
 }
 

@@ -14,7 +14,7 @@ use crate::{FlexTensor, Layout};
 
 /// Types that can be used with gemm-based matmul.
 /// Only implement for types that `gemm::gemm` dispatches on via TypeId (f32, f64, f16).
-trait GemmScalar: Element + bytemuck::Pod {
+trait GemmScalar: Element + bytemuck::Pod + core::ops::Add<Output = Self> {
     fn zero() -> Self;
     fn one() -> Self;
 }
@@ -311,27 +311,36 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     output
 }
 
-/// Smallest `k·n` for which a one-row product is split across rayon's pool: the LM head's
-/// (`768 · 50272`), not a decoder layer's (split, `768 · 768` and `768 · 3072` ran 1.8× and
-/// 1.45× slower in `op-bench`: waking the pool costs more than the second core saves).
+/// Smallest `k·n` for which a one-row product is split across rayon's pool: a decoder layer's
+/// `768 · 768` and up. One token through OPT-125m's 72 layer products (340 MB of weights that
+/// stream from memory, as in a decoding step) took 23.3–24.1 ms whole and 16.2–16.7 ms split
+/// (`op-bench "1 token"`); a `768 · 768` product whose weight stays in cache from the call
+/// before is slower split (0.05 → 0.10 ms), which a model never does.
 #[cfg(feature = "rayon")]
-const ROW_SPLIT_MIN: usize = 1 << 22;
+const ROW_SPLIT_MIN: usize = 1 << 19;
 
-/// Columns of one piece of a split one-row product: a multiple of 16 (one AVX-512 register of
-/// f32), so that pieces start where `gemm`'s vectorised loops would.
+/// Columns of one piece of a column-split one-row product: a multiple of 16 (one AVX-512
+/// register of f32), so that pieces start where `gemm`'s vectorised loops would.
 #[cfg(feature = "rayon")]
 const ROW_SPLIT_ALIGN: usize = 16;
 
-/// A product with one output row (`m = 1`: the token of a decoding step), split by columns
-/// across rayon's pool, one `gemm` call per piece. `gemm` runs `m = 1` as a matrix-vector
-/// product on the calling thread only, although it reads the whole right-hand side (the LM
-/// head's `[hidden, vocab]`: 154 MB for OPT-125m). Returns `false`, having done nothing, when
-/// the product is too small to split.
+/// A product with one output row (`m = 1`: the token of a decoding step), split across
+/// rayon's pool, one `gemm` call per piece. `gemm` runs `m = 1` as a matrix-vector product on
+/// the calling thread only, although it reads the whole right-hand side, which a decoding
+/// step streams from memory (OPT-125m: 340 MB of layer weights and the 154 MB LM head).
+///
+/// Each piece reads a contiguous block of the right-hand side: a row-major `[k, n]` (a
+/// layer's weight) is split by rows of `k`, each piece writing a partial output that is
+/// summed at the end; a column-major one (the tied head's `Eᵀ`) is split by columns, each
+/// piece writing its own outputs. The calling thread takes pieces as the pool's threads do,
+/// so it never waits for a sleeping thread to wake before its own work, and a thread that
+/// wakes late finds nothing left. Returns `false`, having done nothing, when the product is
+/// too small to split or the pool has one thread.
 ///
 /// # Safety
 /// As [`gemm_call`] with `m = 1`: the pointers and strides describe valid `[1, k]`, `[k, n]`
-/// and `[1, n]` matrices. The row strides address nothing here; they are passed on because
-/// `gemm` picks its path from them.
+/// and `[1, n]` matrices. The output's row stride addresses nothing here; it is passed on
+/// because `gemm` picks its path from it.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_one_row_split<T: GemmScalar>(
     n: usize,
@@ -348,42 +357,116 @@ unsafe fn gemm_one_row_split<T: GemmScalar>(
 ) -> bool {
     #[cfg(feature = "rayon")]
     {
-        use rayon::prelude::*;
-        if k.saturating_mul(n) < ROW_SPLIT_MIN || n < 2 * ROW_SPLIT_ALIGN {
+        use core::sync::atomic::{AtomicUsize, Ordering};
+        let threads = rayon::current_num_threads();
+        let size = k.saturating_mul(n);
+        if threads < 2 || size < ROW_SPLIT_MIN {
             return false;
         }
-        let pieces = (rayon::current_num_threads() * 4).min(k * n / (ROW_SPLIT_MIN / 4));
-        let width = n.div_ceil(pieces.max(1)).next_multiple_of(ROW_SPLIT_ALIGN);
-        // Raw pointers are not `Send`: the pieces get addresses, and write disjoint columns.
-        let (out, lhs, rhs) = (out as usize, lhs as usize, rhs as usize);
-        (0..n.div_ceil(width)).into_par_iter().for_each(|piece| {
-            let start = piece * width;
-            let cols = width.min(n - start);
-            // SAFETY: columns `start..start + cols` of the caller's valid matrices; no two
-            // pieces share an output element.
-            unsafe {
-                gemm_call::<T>(
-                    1,
-                    cols,
-                    k,
-                    (out as *mut T).offset(start as isize * out_cs),
-                    out_cs,
-                    out_rs,
-                    lhs as *const T,
-                    lhs_cs,
-                    lhs_rs,
-                    (rhs as *const T).offset(start as isize * rhs_cs),
-                    rhs_cs,
-                    rhs_rs,
-                    gemm::Parallelism::None,
-                );
+        let by_rows = rhs_rs.unsigned_abs() >= rhs_cs.unsigned_abs();
+        // Pieces of at least half the threshold; by columns, up to 4 per thread to balance.
+        let most = size / (ROW_SPLIT_MIN / 2);
+        let (pieces, width) = if by_rows {
+            let pieces = threads.min(most).min(k);
+            let rows = k.div_ceil(pieces);
+            (k.div_ceil(rows), rows)
+        } else {
+            if n < 2 * ROW_SPLIT_ALIGN {
+                return false;
             }
+            let pieces = (4 * threads).min(most);
+            let cols = n.div_ceil(pieces).next_multiple_of(ROW_SPLIT_ALIGN);
+            (n.div_ceil(cols), cols)
+        };
+        // By rows, piece 0 writes the output and the others a partial output each.
+        let mut partial: Vec<Vec<T>> = if by_rows {
+            (1..pieces).map(|_| vec![T::zero(); n]).collect()
+        } else {
+            Vec::new()
+        };
+        let partial_ptrs: Vec<usize> = partial
+            .iter_mut()
+            .map(|p| p.as_mut_ptr() as usize)
+            .collect();
+        // Raw pointers are not `Send`: the pieces get addresses.
+        let (out, lhs, rhs) = (out as usize, lhs as usize, rhs as usize);
+        let next = AtomicUsize::new(0);
+        let take = || {
+            loop {
+                let piece = next.fetch_add(1, Ordering::Relaxed);
+                if piece >= pieces {
+                    break;
+                }
+                let start = piece * width;
+                // SAFETY: by rows, rows `start..start + len` of the right-hand side and the
+                // matching columns of the left, into the output (piece 0) or this piece's own
+                // `n`-element buffer; by columns, columns `start..start + len` of the
+                // right-hand side and of the output. No two pieces write the same element.
+                unsafe {
+                    if by_rows {
+                        let len = width.min(k - start);
+                        let (dst, dst_cs) = match piece {
+                            0 => (out as *mut T, out_cs),
+                            p => (partial_ptrs[p - 1] as *mut T, 1),
+                        };
+                        gemm_call::<T>(
+                            1,
+                            n,
+                            len,
+                            dst,
+                            dst_cs,
+                            out_rs,
+                            (lhs as *const T).offset(start as isize * lhs_cs),
+                            lhs_cs,
+                            lhs_rs,
+                            (rhs as *const T).offset(start as isize * rhs_rs),
+                            rhs_cs,
+                            rhs_rs,
+                            gemm::Parallelism::None,
+                        );
+                    } else {
+                        let len = width.min(n - start);
+                        gemm_call::<T>(
+                            1,
+                            len,
+                            k,
+                            (out as *mut T).offset(start as isize * out_cs),
+                            out_cs,
+                            out_rs,
+                            lhs as *const T,
+                            lhs_cs,
+                            lhs_rs,
+                            (rhs as *const T).offset(start as isize * rhs_cs),
+                            rhs_cs,
+                            rhs_rs,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+            }
+        };
+        rayon::in_place_scope(|scope| {
+            for _ in 1..threads.min(pieces) {
+                scope.spawn(|_| take());
+            }
+            take();
         });
+        for buf in &partial {
+            for (j, &v) in buf.iter().enumerate() {
+                // SAFETY: element `j < n` of the caller's `[1, n]` output, written by piece 0.
+                unsafe {
+                    let o = (out as *mut T).offset(j as isize * out_cs);
+                    *o = *o + v;
+                }
+            }
+        }
         true
     }
     #[cfg(not(feature = "rayon"))]
     {
-        let _ = (n, k, out, out_cs, out_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs);
+        let _ = (
+            n, k, out, out_cs, out_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs,
+        );
         false
     }
 }
@@ -1059,10 +1142,15 @@ mod tests {
                 let out: alloc::vec::Vec<f32> = out.into_data().try_into_vec().unwrap();
                 assert!(out.iter().all(|&v| v == 2.0 * k as f32), "{m}×{k}×{n}");
                 // Batched path: [2, m, k] · [k, n] broadcast.
-                let lhs3 = FlexTensor::from_data(TensorData::new(vec![1.0f32; 2 * m * k], [2, m, k]));
-                let out = Flex::float_matmul(lhs3, rhs.reshape(burn_std::Shape::from(vec![1, k, n])));
+                let lhs3 =
+                    FlexTensor::from_data(TensorData::new(vec![1.0f32; 2 * m * k], [2, m, k]));
+                let out =
+                    Flex::float_matmul(lhs3, rhs.reshape(burn_std::Shape::from(vec![1, k, n])));
                 let out: alloc::vec::Vec<f32> = out.into_data().try_into_vec().unwrap();
-                assert!(out.iter().all(|&v| v == 2.0 * k as f32), "batched {m}×{k}×{n}");
+                assert!(
+                    out.iter().all(|&v| v == 2.0 * k as f32),
+                    "batched {m}×{k}×{n}"
+                );
             }
         }
     }
@@ -1072,12 +1160,29 @@ mod tests {
     /// a multiple of the piece alignment, against an f64 reference.
     #[test]
     fn test_matmul_one_row_split_matches_reference() {
-        for (k, n, transposed) in [(768, 6001, false), (1024, 4099, true), (2048, 2100, false)] {
-            let x: alloc::vec::Vec<f32> = (0..k).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6).collect();
-            let w: alloc::vec::Vec<f32> =
-                (0..k * n).map(|i| ((i * 31) % 17) as f32 * 0.05 - 0.4).collect();
+        // Split by rows (row-major right-hand side) and by columns (transposed), layer-sized and
+        // head-sized, with uneven last pieces.
+        for (k, n, transposed) in [
+            (768, 6001, false),
+            (1024, 4099, true),
+            (2048, 2100, false),
+            (768, 768, false),
+            (771, 701, false),
+            (771, 701, true),
+        ] {
+            let x: alloc::vec::Vec<f32> =
+                (0..k).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6).collect();
+            let w: alloc::vec::Vec<f32> = (0..k * n)
+                .map(|i| ((i * 31) % 17) as f32 * 0.05 - 0.4)
+                .collect();
             // `w` holds `[k, n]` row-major, or `[n, k]` row-major read through a transpose.
-            let at = |row: usize, col: usize| if transposed { w[col * k + row] } else { w[row * n + col] };
+            let at = |row: usize, col: usize| {
+                if transposed {
+                    w[col * k + row]
+                } else {
+                    w[row * n + col]
+                }
+            };
             let want: alloc::vec::Vec<f64> = (0..n)
                 .map(|j| (0..k).map(|i| x[i] as f64 * at(i, j) as f64).sum())
                 .collect();
@@ -1093,7 +1198,10 @@ mod tests {
                 let got: alloc::vec::Vec<f32> = out.into_data().try_into_vec().unwrap();
                 assert_eq!(got.len(), n);
                 for (j, (&g, &e)) in got.iter().zip(&want).enumerate() {
-                    assert!((g as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()), "{k}×{n} col {j}: {g} vs {e}");
+                    assert!(
+                        (g as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                        "{k}×{n} col {j}: {g} vs {e}"
+                    );
                 }
             }
         }
