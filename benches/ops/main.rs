@@ -1,5 +1,7 @@
-//! `op-bench`: the products and element-wise ops of an OPT-125m training step (batch 4 × 256),
-//! timed one at a time on the default device, to find the ops that run far below PyTorch's rate.
+//! `op-bench`: the products and element-wise ops of an OPT-125m training step (batch 4 × 256)
+//! and of a decoding step (one token), timed one at a time on the default device, to find the
+//! ops that run far below PyTorch's rate; and the whole OPT-125m forward of 1 and 256 tokens
+//! (ours only: the guide compares those with PyTorch).
 //!
 //! ```text
 //! BURN_DEVICE=flex target/release/op-bench [FILTER]        # ours
@@ -106,6 +108,53 @@ fn main() {
         4.0 * flop / tokens as f64,
         || first(token.clone().matmul(up.clone())),
     );
+
+    // A decoding step's products: one token through 12 layers' q, k, v, o, fc1 and fc2, each
+    // with its own weight (340 MB in all, as OPT-125m's), so that weights stream from memory
+    // as they do in a model instead of staying in cache from the previous call.
+    let decoder = "1 token, 12 layers' products";
+    if std::env::args().nth(1).is_none_or(|f| decoder.contains(&f)) {
+        let layers: Vec<[Tensor<4>; 6]> = (0..12)
+            .map(|_| {
+                let w = |rows, cols| {
+                    let bound = 1.0 / (rows as f64).sqrt();
+                    Tensor::<4>::random(
+                        [1, 1, rows, cols],
+                        Distribution::Uniform(-bound, bound),
+                        &device,
+                    )
+                };
+                [w(d, d), w(d, d), w(d, d), w(d, d), w(d, ffn), w(ffn, d)]
+            })
+            .collect();
+        time(decoder, 12.0 * 12.0 * flop / tokens as f64, || {
+            let mut y = token.clone();
+            for [q, k, v, o, up, down] in &layers {
+                y = y.matmul(q.clone()).matmul(k.clone()).matmul(v.clone());
+                y = y.matmul(o.clone()).matmul(up.clone()).matmul(down.clone());
+            }
+            first(y)
+        });
+    }
+
+    // The whole OPT-125m forward of a decoding step and of a prompt (no gradients): products
+    // plus every small op around them. PyTorch's figures for these are the guide's merged
+    // single-token and prompt rows.
+    for seq in [1usize, 256] {
+        let name = format!("OPT-125m forward, {seq} tokens");
+        if std::env::args().nth(1).is_some_and(|f| !name.contains(&f)) {
+            continue;
+        }
+        use peft_models::CausalLm;
+        let config = peft_models::OptConfig::opt_125m();
+        let model = config.init(&device).expect("valid OPT config");
+        let ids = Tensor::<2>::random([1, seq], Distribution::Uniform(0.0, 50000.0), &device).int();
+        let flop = 2.0 * 124e6 * seq as f64;
+        time(&name, flop, || {
+            let logits = model.forward(ids.clone());
+            logits.slice([0..1, 0..1, 0..1]).into_scalar::<f32>()
+        });
+    }
 
     let embedding = random([1, 1, vocab, d]);
     let head_flop = |rows: usize| 2.0 * (rows * d * vocab) as f64;

@@ -50,6 +50,17 @@ def main():
     token = r(1, d)
     bench("1 token x·W [1,768]·[768,768]", flop / tokens, lambda: token @ w)
     bench("1 token fc1 [1,768]·[768,3072]", 4 * flop / tokens, lambda: token @ up)
+    if FILTER is None or FILTER in "1 token, 12 layers' products":
+        layers = [[r(d, d), r(d, d), r(d, d), r(d, d), r(d, ffn), r(ffn, d)] for _ in range(12)]
+
+        def decoder():
+            y = token
+            for q, k, v, o, u, dn in layers:
+                y = ((((y @ q) @ k) @ v) @ o @ u) @ dn
+                y = y * 1e-3
+            return y
+
+        bench("1 token, 12 layers' products", 12 * 12 * flop / tokens, decoder)
     embedding = r(vocab, d)
     for rows in [1, 80, 256, 512, 1024]:
         xs, g = r(rows, d), r(rows, vocab)
