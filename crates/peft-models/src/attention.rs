@@ -6,7 +6,8 @@ use burn::tensor::{Tensor, TensorData, activation::softmax};
 ///
 /// Key/value heads are shared by `heads / kv_heads` query heads each (grouped-query attention).
 /// `scale` multiplies the queries before the product (as OPT does), which equals scaling the
-/// `[seq, seq]` scores with `head_dim / seq` of the work.
+/// scores: `[seq, head_dim]` elements per head instead of `[seq, seq]` (a quarter of them for
+/// 256 tokens of 64-wide heads).
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, seq, head_dim]`
