@@ -313,9 +313,10 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
 
 /// Smallest `k·n` for which a one-row product is split across rayon's pool: a decoder layer's
 /// `768 · 768` and up. One token through OPT-125m's 72 layer products (340 MB of weights that
-/// stream from memory, as in a decoding step) took 23.3–24.1 ms whole and 16.2–16.7 ms split
-/// (`op-bench "1 token"`); a `768 · 768` product whose weight stays in cache from the call
-/// before is slower split (0.05 → 0.10 ms), which a model never does.
+/// stream from memory, as in a decoding step) took 25.4–26.3 ms whole and 17.2–18.6 ms split
+/// (`op-bench "1 token"`, five alternating runs); a `768 · 768` product whose weight stays in
+/// cache from the call before is slower split (0.05–0.06 → 0.06–0.10 ms), which a model never
+/// does.
 #[cfg(feature = "rayon")]
 const ROW_SPLIT_MIN: usize = 1 << 19;
 
@@ -398,50 +399,40 @@ unsafe fn gemm_one_row_split<T: GemmScalar>(
                     break;
                 }
                 let start = piece * width;
+                // This piece's product: its columns, depth, output and output column stride,
+                // and its first column of the left side and element of the right side.
+                let (cols, depth, dst, dst_cs, lhs_at, rhs_at) = if by_rows {
+                    let (dst, dst_cs) = match piece {
+                        0 => (out as *mut T, out_cs),
+                        p => (partial_ptrs[p - 1] as *mut T, 1),
+                    };
+                    let len = width.min(k - start);
+                    (n, len, dst, dst_cs, start, start as isize * rhs_rs)
+                } else {
+                    let len = width.min(n - start);
+                    let dst = (out as *mut T).wrapping_offset(start as isize * out_cs);
+                    (len, k, dst, out_cs, 0, start as isize * rhs_cs)
+                };
                 // SAFETY: by rows, rows `start..start + len` of the right-hand side and the
                 // matching columns of the left, into the output (piece 0) or this piece's own
                 // `n`-element buffer; by columns, columns `start..start + len` of the
                 // right-hand side and of the output. No two pieces write the same element.
                 unsafe {
-                    if by_rows {
-                        let len = width.min(k - start);
-                        let (dst, dst_cs) = match piece {
-                            0 => (out as *mut T, out_cs),
-                            p => (partial_ptrs[p - 1] as *mut T, 1),
-                        };
-                        gemm_call::<T>(
-                            1,
-                            n,
-                            len,
-                            dst,
-                            dst_cs,
-                            out_rs,
-                            (lhs as *const T).offset(start as isize * lhs_cs),
-                            lhs_cs,
-                            lhs_rs,
-                            (rhs as *const T).offset(start as isize * rhs_rs),
-                            rhs_cs,
-                            rhs_rs,
-                            gemm::Parallelism::None,
-                        );
-                    } else {
-                        let len = width.min(n - start);
-                        gemm_call::<T>(
-                            1,
-                            len,
-                            k,
-                            (out as *mut T).offset(start as isize * out_cs),
-                            out_cs,
-                            out_rs,
-                            lhs as *const T,
-                            lhs_cs,
-                            lhs_rs,
-                            (rhs as *const T).offset(start as isize * rhs_cs),
-                            rhs_cs,
-                            rhs_rs,
-                            gemm::Parallelism::None,
-                        );
-                    }
+                    gemm_call::<T>(
+                        1,
+                        cols,
+                        depth,
+                        dst,
+                        dst_cs,
+                        out_rs,
+                        (lhs as *const T).offset(lhs_at as isize * lhs_cs),
+                        lhs_cs,
+                        lhs_rs,
+                        (rhs as *const T).offset(rhs_at),
+                        rhs_cs,
+                        rhs_rs,
+                        gemm::Parallelism::None,
+                    );
                 }
             }
         };
