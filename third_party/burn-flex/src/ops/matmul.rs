@@ -17,6 +17,28 @@ use crate::{FlexTensor, Layout};
 trait GemmScalar: Element + bytemuck::Pod + core::ops::Add<Output = Self> {
     fn zero() -> Self;
     fn one() -> Self;
+
+    /// `dst[..cols] = lhs[..depth] · rhs[depth, cols]` (a one-row product, output written
+    /// whole) through this crate's matrix-vector kernels where they apply; returns `false`,
+    /// having done nothing, where they do not (then `gemm` runs it).
+    ///
+    /// # Safety
+    /// The pointers and strides describe valid `[1, depth]`, `[depth, cols]` and `[1, cols]`
+    /// matrices, the output not overlapping the inputs.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn one_row(
+        _cols: usize,
+        _depth: usize,
+        _dst: *mut Self,
+        _dst_cs: isize,
+        _lhs: *const Self,
+        _lhs_cs: isize,
+        _rhs: *const Self,
+        _rhs_cs: isize,
+        _rhs_rs: isize,
+    ) -> bool {
+        false
+    }
 }
 
 impl GemmScalar for f32 {
@@ -25,6 +47,42 @@ impl GemmScalar for f32 {
     }
     fn one() -> Self {
         1.0
+    }
+
+    /// Unit-stride output and left side, and a right-hand side stored by rows (a layer's
+    /// weight) or by columns (the tied head's `Eᵀ`): `crate::simd::gemv`.
+    #[cfg(feature = "simd")]
+    unsafe fn one_row(
+        cols: usize,
+        depth: usize,
+        dst: *mut Self,
+        dst_cs: isize,
+        lhs: *const Self,
+        lhs_cs: isize,
+        rhs: *const Self,
+        rhs_cs: isize,
+        rhs_rs: isize,
+    ) -> bool {
+        use crate::simd::gemv;
+        if cols == 0 || depth == 0 || dst_cs != 1 || lhs_cs != 1 {
+            return false;
+        }
+        // SAFETY (all three): the caller's matrices, read as slices of their extents.
+        let x = unsafe { core::slice::from_raw_parts(lhs, depth) };
+        let y = unsafe { core::slice::from_raw_parts_mut(dst, cols) };
+        if rhs_cs == 1 && rhs_rs >= 0 {
+            let rs = rhs_rs as usize;
+            let w = unsafe { core::slice::from_raw_parts(rhs, (depth - 1) * rs + cols) };
+            gemv::row_times_rows_f32(x, w, rs, y);
+            true
+        } else if rhs_rs == 1 && rhs_cs >= 0 {
+            let cs = rhs_cs as usize;
+            let w = unsafe { core::slice::from_raw_parts(rhs, (cols - 1) * cs + depth) };
+            gemv::row_times_cols_f32(x, w, cs, y);
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -418,21 +476,25 @@ unsafe fn gemm_one_row_split<T: GemmScalar>(
                 // `n`-element buffer; by columns, columns `start..start + len` of the
                 // right-hand side and of the output. No two pieces write the same element.
                 unsafe {
-                    gemm_call::<T>(
-                        1,
-                        cols,
-                        depth,
-                        dst,
-                        dst_cs,
-                        out_rs,
-                        (lhs as *const T).offset(lhs_at as isize * lhs_cs),
-                        lhs_cs,
-                        lhs_rs,
-                        (rhs as *const T).offset(rhs_at),
-                        rhs_cs,
-                        rhs_rs,
-                        gemm::Parallelism::None,
-                    );
+                    let lhs = (lhs as *const T).offset(lhs_at as isize * lhs_cs);
+                    let rhs = (rhs as *const T).offset(rhs_at);
+                    if !T::one_row(cols, depth, dst, dst_cs, lhs, lhs_cs, rhs, rhs_cs, rhs_rs) {
+                        gemm_call::<T>(
+                            1,
+                            cols,
+                            depth,
+                            dst,
+                            dst_cs,
+                            out_rs,
+                            lhs,
+                            lhs_cs,
+                            lhs_rs,
+                            rhs,
+                            rhs_cs,
+                            rhs_rs,
+                            gemm::Parallelism::None,
+                        );
+                    }
                 }
             }
         };

@@ -17,6 +17,10 @@ pub mod kernels;
 #[cfg(feature = "simd")]
 pub mod exp;
 
+// f32 matrix-vector products (one-row matrix products)
+#[cfg(feature = "simd")]
+pub mod gemv;
+
 // SIMD-aligned memory allocation
 #[cfg(feature = "simd")]
 pub mod aligned;
