@@ -28,6 +28,7 @@ mod report;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use measure::{Method, Row, Samples, Settings};
@@ -264,6 +265,18 @@ impl Torch {
     }
 }
 
+/// Initializes every float parameter it visits (reading a lazy parameter initializes it).
+struct InitializeParams;
+
+impl burn::module::ModuleVisitor for InitializeParams {
+    fn visit_float<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<D>>,
+    ) {
+        let _ = param.val();
+    }
+}
+
 /// Measures every row of one model in rounds (ours, then PyTorch's, row by row), then each
 /// row's step memory in a process of its own; returns the rows' JSON objects.
 fn run_model(
@@ -282,6 +295,10 @@ fn run_model(
     let device = Device::default().autodiff();
     let plain = Device::default();
     let base = config.init(&device).expect("valid OPT config");
+    // The parameters are lazy, and clones share the pending initialization with its gradient
+    // flag (burn's `Param::set_require_grad`): without initializing them here, the frozen row's
+    // `no_grad()` froze the full fine-tuning row's weights too.
+    base.visit(&mut InitializeParams);
     let mut rows: Vec<Row> = runs.iter().map(|&m| Row::new(&base, config, m)).collect();
     drop(base);
     let mut torch = python.map(|py| Torch::start(py, config, &runs, s, threads));
