@@ -277,6 +277,19 @@ impl burn::module::ModuleVisitor for InitializeParams {
     }
 }
 
+/// One row per method, all sharing one set of random weights built on `device`.
+fn build_rows(config: &OptConfig, methods: &[Method], device: &Device) -> Vec<Row> {
+    let base = config.init(device).expect("valid OPT config");
+    // The parameters are lazy, and clones share the pending initialization with its gradient
+    // flag (burn's `Param::set_require_grad`): without initializing them here, the frozen row's
+    // `no_grad()` froze the full fine-tuning row's weights too.
+    base.visit(&mut InitializeParams);
+    methods
+        .iter()
+        .map(|&m| Row::new(&base, config, m))
+        .collect()
+}
+
 /// Measures every row of one model in rounds (ours, then PyTorch's, row by row), then each
 /// row's step memory in a process of its own; returns the rows' JSON objects.
 fn run_model(
@@ -294,13 +307,7 @@ fn run_model(
         .partition(|&m| skip_reason(m, params).is_none());
     let device = Device::default().autodiff();
     let plain = Device::default();
-    let base = config.init(&device).expect("valid OPT config");
-    // The parameters are lazy, and clones share the pending initialization with its gradient
-    // flag (burn's `Param::set_require_grad`): without initializing them here, the frozen row's
-    // `no_grad()` froze the full fine-tuning row's weights too.
-    base.visit(&mut InitializeParams);
-    let mut rows: Vec<Row> = runs.iter().map(|&m| Row::new(&base, config, m)).collect();
-    drop(base);
+    let mut rows = build_rows(config, &runs, &device);
     let mut torch = python.map(|py| Torch::start(py, config, &runs, s, threads));
     let per_row = (s.steps + 1 + s.reps + 1 + 1) as u64;
     let bar = ProgressBar::new(per_row * rows.len() as u64);
@@ -501,4 +508,54 @@ fn publish(meta: &Value, out: &Path) {
         );
     }
     eprintln!("guide: wrote {} and the method pages", guide.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+
+    /// Counts the float parameters, and those that require a gradient.
+    #[derive(Default)]
+    struct Tracked {
+        all: usize,
+        tracked: usize,
+    }
+
+    impl ModuleVisitor for Tracked {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.all += 1;
+            self.tracked += usize::from(param.val().is_require_grad());
+        }
+    }
+
+    fn tracked(row: &Row) -> Tracked {
+        let mut count = Tracked::default();
+        row.model().visit(&mut count);
+        count
+    }
+
+    #[test]
+    fn the_full_row_trains_every_weight_although_the_frozen_row_is_built_first() {
+        let config = OptConfig {
+            vocab_size: 64,
+            hidden_size: 16,
+            ffn_dim: 32,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            max_position_embeddings: 32,
+            word_embed_proj_dim: Some(16),
+            ..OptConfig::opt_125m()
+        };
+        let device = Device::default().autodiff();
+        let rows = build_rows(&config, &[Method::FrozenBase, Method::Full], &device);
+        let (frozen, full) = (tracked(&rows[0]), tracked(&rows[1]));
+        assert!(full.all > 0);
+        assert_eq!(
+            full.tracked, full.all,
+            "full fine-tuning has frozen weights"
+        );
+        assert_eq!(frozen.tracked, 0, "the frozen base has trainable weights");
+    }
 }

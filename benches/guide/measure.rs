@@ -307,6 +307,12 @@ pub struct Row {
 }
 
 impl Row {
+    /// The row's model (adapters unmerged); the tests check its gradient flags.
+    #[cfg(test)]
+    pub fn model(&self) -> &OptForCausalLm {
+        self.adapted.model()
+    }
+
     /// `method` on `base` (an autodiff model).
     pub fn new(base: &OptForCausalLm, config: &OptConfig, method: Method) -> Self {
         let (adapted, trainable, total) = build(base, config, method);
