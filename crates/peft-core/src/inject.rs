@@ -183,7 +183,7 @@ impl<F: AdapterFactory> Reparameterizer for Injector<'_, F> {
         param: Param<Tensor<D>>,
     ) -> (Param<Tensor<D>>, Option<Self::Reparam>) {
         let trainable = under_any(self.trainable, path);
-        let param = param.set_require_grad(trainable);
+        let param = crate::require_grad::set_require_grad(param, trainable);
         match self.targets.get(path) {
             Some(target) if D == 2 => {
                 let [d0, d1] = target.weight_shape;

@@ -20,6 +20,7 @@ pub mod method;
 pub mod nn;
 pub mod params;
 pub mod paths;
+pub mod require_grad;
 pub mod switch;
 pub mod targets;
 

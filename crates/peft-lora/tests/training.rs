@@ -254,3 +254,35 @@ fn all_linear_targets_every_linear_but_the_head() {
         "{names:?}"
     );
 }
+
+#[test]
+fn injecting_into_a_clone_leaves_a_lazily_initialized_original_trainable() {
+    let device = device();
+    let _rng = rng_lock();
+    let base = TinyModel::new(&device);
+    assert!(
+        !base.layers[0].q_proj.weight.is_initialized(),
+        "the test needs burn's lazy parameters"
+    );
+    let config = LoraConfig::new(TargetModules::names(["q_proj"])).with_r(2);
+    let lora = LoraModel::inject(base.clone(), &config, &InjectOptions::default()).unwrap();
+
+    // The original trains in full, the layers the clone adapted included.
+    let (x, y) = batch(&device);
+    let grads = loss(&base, x.clone(), y.clone()).backward();
+    for (name, w) in [
+        ("q_proj", &base.layers[0].q_proj.weight),
+        ("k_proj", &base.layers[0].k_proj.weight),
+        ("embed_tokens", &base.embed_tokens.weight),
+    ] {
+        assert!(w.val().grad(&grads).is_some(), "{name} got no gradient");
+    }
+    // The injected clone trains its adapters only.
+    let grads = loss(&lora.model, x, y).backward();
+    let q = &lora.model.layers[0].q_proj.weight;
+    assert!(
+        q.base().grad(&grads).is_none(),
+        "the clone's base weight trains"
+    );
+    assert!(adapter(q).b.val().grad(&grads).is_some());
+}

@@ -16,7 +16,7 @@ impl PathMapper for FreezeA {
         param: Param<Tensor<D>>,
     ) -> Param<Tensor<D>> {
         if path.ends_with(&["lora".to_string(), "a".to_string()]) {
-            param.set_require_grad(false)
+            peft_core::require_grad::set_require_grad(param, false)
         } else {
             param
         }

@@ -217,3 +217,18 @@ fn bad_setups_are_clear_errors() {
     );
     let _ = lora.model.num_params();
 }
+
+#[test]
+fn freezing_a_clone_leaves_the_originals_a_trainable() {
+    let config = peft_lora::LoraConfig::new(peft_core::TargetModules::names(["q_proj"])).with_r(2);
+    let lora = LoraModel::inject(base(), &config, &InjectOptions::default()).unwrap();
+    let fa = peft_lorafa::freeze_a(lora.clone());
+    assert!(LoraFaOptimizerConfig::new().init(&fa).is_ok());
+    assert!(
+        matches!(
+            LoraFaOptimizerConfig::new().init(&lora),
+            Err(LoraFaError::TrainableA(_))
+        ),
+        "freezing the clone froze the original's A"
+    );
+}
