@@ -13,7 +13,9 @@
 use burn::tensor::Tensor;
 
 /// Column norms of `W + s·A·B` (burn layout: `W` `[d_in, d_out]`, `A` `[d_in, r]`, `B`
-/// `[r, d_out]`), `[d_out]`, detached, without building the `[d_in, d_out]` sum.
+/// `[r, d_out]`), `[d_out]`, detached, without building the `[d_in, d_out]` sum: the factored
+/// forward's norm. Its relative error grows as `(‖W_c‖ + ‖s·A·B_c‖)² / ‖W_c + s·A·B_c‖²` times
+/// f32's rounding, which matters only for a column that nearly cancels.
 ///
 /// Also serves Embedding weights `[num, dim]` with `A` `[num, r]`, `B` `[r, dim]`: PEFT takes
 /// their norm per `dim` too.
@@ -39,6 +41,20 @@ pub fn column_norm(weight: &Tensor<2>, a: Tensor<2>, b: Tensor<2>, scaling: f64)
         .sum_dim(0)
         .mul_scalar(scaling * scaling);
     (ww + cross + bb).clamp_min(0.0).sqrt().reshape([d_out])
+}
+
+/// Column norms of `W + s·A·B`, `[d_out]`, detached, composing the sum as PEFT does: for the
+/// one-off norms (the magnitude's initial value, the norm merge keeps for unmerge), where the
+/// sum costs one temporary and [`column_norm`]'s expansion would lose precision on a column
+/// that nearly cancels (its terms are each far larger than their sum).
+pub fn composed_column_norm(
+    weight: &Tensor<2>,
+    a: Tensor<2>,
+    b: Tensor<2>,
+    scaling: f64,
+) -> Tensor<1> {
+    let sum = weight.clone().detach() + a.detach().matmul(b.detach()).mul_scalar(scaling);
+    dense_column_norm(&sum)
 }
 
 /// Column norms of a dense weight `[d_in, d_out]`, `[d_out]` (the weight-space path and merge).

@@ -115,7 +115,7 @@ impl AdapterFactory for LoraFactory<'_> {
         // DoRA starts from m = ‖W + s·A·B‖ (PEFT's `DoraLinearLayer.update_layer`).
         let magnitude = self.dora.then(|| {
             magnitude.unwrap_or_else(|| {
-                crate::dora::column_norm(
+                crate::dora::composed_column_norm(
                     &weight().to_device(device),
                     a.clone(),
                     b.clone(),

@@ -206,7 +206,7 @@ impl<M: Module> LoraModel<M> {
                 let w = Tensor::<2>::from_data(weights.get(&t.weight_path())?.clone(), &device);
                 let a = Tensor::<2>::from_data(f.a.clone(), &device);
                 let b = Tensor::<2>::from_data(f.b.clone(), &device);
-                let norm = crate::dora::column_norm(&w, a, b, t.scaling);
+                let norm = crate::dora::composed_column_norm(&w, a, b, t.scaling);
                 Some((t.target.path.clone(), norm.into_data()))
             })
             .collect()

@@ -89,6 +89,52 @@ fn adapted(c: &Case, device: &Device) -> LoraModel<OneFactored> {
     LoraModel::inject(model, &config(c), &InjectOptions::default()).unwrap()
 }
 
+/// PEFT's scaling: `alpha / r`, or `alpha / √r` with rsLoRA.
+fn scaling(c: &Case) -> f32 {
+    let r = c.r as f64;
+    (if c.rslora {
+        c.alpha / r.sqrt()
+    } else {
+        c.alpha / r
+    }) as f32
+}
+
+/// max |A·B| for `A` `[d_in, r]` and `B` `[r, d_out]` (row-major), in f64.
+fn max_abs_update(a: &[f32], b: &[f32], d_in: usize, r: usize, d_out: usize) -> f32 {
+    let mut max = 0f64;
+    for i in 0..d_in {
+        for j in 0..d_out {
+            let v: f64 = (0..r)
+                .map(|k| a[i * r + k] as f64 * b[k * d_out + j] as f64)
+                .sum();
+            max = max.max(v.abs());
+        }
+    }
+    max as f32
+}
+
+/// max over columns of `((‖W_c‖ + ‖s·A·B_c‖) / ‖W_c + s·A·B_c‖)²`: how much the factored norm
+/// `‖W‖² + 2s·⟨AᵀW, B⟩ + s²·⟨B, AᵀA·B⟩` magnifies f32's rounding (burn layout, row-major).
+fn conditioning(w: &[f32], a: &[f32], b: &[f32], c: &Case) -> f32 {
+    let s = scaling(c) as f64;
+    let mut worst = 1f64;
+    for j in 0..c.d_out {
+        let (mut ww, mut dd, mut vv) = (0f64, 0f64, 0f64);
+        for i in 0..c.d_in {
+            let d: f64 = s
+                * (0..c.r)
+                    .map(|k| a[i * c.r + k] as f64 * b[k * c.d_out + j] as f64)
+                    .sum::<f64>();
+            let w = w[i * c.d_out + j] as f64;
+            ww += w * w;
+            dd += d * d;
+            vv += (w + d) * (w + d);
+        }
+        worst = worst.max((ww.sqrt() + dd.sqrt()).powi(2) / vv.max(f64::MIN_POSITIVE));
+    }
+    worst as f32
+}
+
 fn input(c: &Case, device: &Device) -> Tensor<2> {
     Tensor::random([3, c.d_in], Distribution::Normal(0.0, 1.0), device)
 }
@@ -108,21 +154,35 @@ proptest! {
 
     #[test]
     fn merge_then_unmerge_restores_the_weight(c in cases()) {
+        let _rng = common::rng_lock();
         let device = Device::default();
         let lora = adapted(&c, &device);
         let before = weight(&lora.model);
         let merged = lora.merge();
+        // W' / factor − s·A·B rounds at the magnitude of W + s·A·B, which a large update (small
+        // `d_in`, large scaling) puts well above the base's: the error is measured against
+        // max(1, max |W| + max |s·A·B|).
+        let (a, b) = merged.factors()["layer"].clone();
+        let update = max_abs_update(&values(a), &values(b), c.d_in, c.r, c.d_out) * scaling(&c);
+        let base_max = values(before.clone()).iter().fold(0f32, |m, v| m.max(v.abs()));
         let after = weight(&merged.unmerge().unwrap().model);
         let tol = if c.dora { 2e-5 } else { 1e-5 };
-        let d = rel_diff(after, before);
-        prop_assert!(d <= tol, "{c:?}: relative error {d}");
+        let d = rel_diff(after, before) * base_max.max(1.0) / (base_max + update).max(1.0);
+        prop_assert!(d <= tol, "{c:?}: error {d} relative to max |W| + max |s·A·B|");
     }
 
     #[test]
     fn factored_weight_space_and_merged_paths_agree(c in cases()) {
+        let _rng = common::rng_lock();
         let device = Device::default();
         let lora = adapted(&c, &device);
         let x = input(&c, &device);
+        // The factored DoRA norm loses precision on a column of W + s·A·B that nearly cancels.
+        let dora_conditioning = {
+            let p = peft_core::io::read_params(&lora.model, |p| p.starts_with("layer.weight"));
+            let v = |k: &str| values(p[k].clone());
+            conditioning(&v("layer.weight"), &v("layer.weight.lora.a"), &v("layer.weight.lora.b"), &c)
+        };
         let factored_out = lora.model.layer.forward(x.clone()).into_data();
         // The same base and adapter on burn's own Linear: the weight-space path.
         let dir = tempfile::tempdir().unwrap();
@@ -138,11 +198,13 @@ proptest! {
         let merged_out = lora.merge_and_unload().layer.forward(x).into_data();
         let d1 = rel_diff(weight_space_out, factored_out.clone());
         let d2 = rel_diff(merged_out, factored_out);
-        prop_assert!(d1 <= 1e-5 && d2 <= 1e-5, "{c:?}: weight-space {d1}, merged {d2}");
+        let tol = 1e-5 * if c.dora { dora_conditioning.max(1.0) } else { 1.0 };
+        prop_assert!(d1 <= tol && d2 <= tol, "{c:?}: weight-space {d1}, merged {d2}, tolerance {tol}");
     }
 
     #[test]
     fn save_then_load_is_the_identity(c in cases()) {
+        let _rng = common::rng_lock();
         let device = Device::default();
         let lora = adapted(&c, &device);
         let dir = tempfile::tempdir().unwrap();
@@ -160,6 +222,7 @@ proptest! {
 
     #[test]
     fn the_state_dict_merge_equals_merging_the_model(c in cases()) {
+        let _rng = common::rng_lock();
         let device = Device::default();
         let lora = adapted(&c, &device);
         let file_tensors = lora.adapter_tensors().unwrap();
