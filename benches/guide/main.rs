@@ -7,8 +7,9 @@
 //! guide --memory --models M --methods K [--batch B] [--seq S]   # one row's step memory
 //! ```
 //!
-//! For each model (OPT architectures with random weights: same shapes and FLOPs as the real
-//! checkpoints) and each method, it measures trainable parameters, adapter file size, the
+//! For each model (OPT architectures with random weights drawn as transformers draws them: same
+//! shapes and FLOPs as the real checkpoints, and the same value range as PyTorch's rows) and
+//! each method, it measures trainable parameters, adapter file size, the
 //! training-step time (AdamW; LoRA-FA with its own optimizer), the peak heap of a training step
 //! (a counting allocator: host backends), the step's peak resident-set growth (each row alone in
 //! a process of its own), and inference latency unmerged and merged.
@@ -160,6 +161,17 @@ fn main() {
     let models =
         get("--models").unwrap_or_else(|| if quick { "125m" } else { "125m,350m,1.3b" }.into());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let vs_pytorch = torch.is_some();
+    let meta = |models: &serde_json::Map<String, Value>| {
+        json!({
+            "command": std::env::args().skip(1).collect::<Vec<_>>(),
+            "quick": quick,
+            "vs_pytorch": vs_pytorch,
+            "backend": backend_label(&format!("{:?}", Device::default())),
+            "threads": threads,
+            "models": models,
+        })
+    };
     let mut all = serde_json::Map::new();
     for name in models.split(',') {
         let config = opt_config(name);
@@ -183,25 +195,30 @@ fn main() {
                 "rows": rows,
             }),
         );
+        // Written after every model, so that a run killed later (a larger model running out of
+        // memory) keeps what it measured: `--from-json` renders it.
+        let results = write_results(&meta(&all), &out);
+        eprintln!(
+            "guide: {name} measured, results so far in {}",
+            results.display()
+        );
     }
-    let meta = json!({
-        "command": std::env::args().skip(1).collect::<Vec<_>>(),
-        "quick": quick,
-        "vs_pytorch": torch.is_some(),
-        "backend": backend_label(&format!("{:?}", Device::default())),
-        "threads": threads,
-        "models": all,
-    });
+    let meta = meta(&all);
+    publish(&meta, &out);
+    eprintln!("guide: wrote {}", out.join("method_comparison").display());
+}
+
+/// Writes `meta` to `OUT/method_comparison/results.json`; returns the file's path.
+fn write_results(meta: &Value, out: &Path) -> PathBuf {
     let _ = std::fs::create_dir_all(out.join("method_comparison"));
     let results = out.join("method_comparison").join("results.json");
     if let Err(e) = std::fs::write(
         &results,
-        serde_json::to_string_pretty(&meta).unwrap_or_default(),
+        serde_json::to_string_pretty(meta).unwrap_or_default(),
     ) {
         fail(format!("cannot write {}: {e}", results.display()));
     }
-    publish(&meta, &out);
-    eprintln!("guide: wrote {}", results.display());
+    results
 }
 
 fn opt_config(name: &str) -> OptConfig {
@@ -488,7 +505,7 @@ fn publish(meta: &Value, out: &Path) {
         md.push('\n');
     }
     let header = format!(
-        "Measured by `cargo xtask bench{}{}` on backend {backend} with {threads} threads: OPT architectures with random weights shared by every row; the rows (and PyTorch's, in a persistent worker) run interleaved in rounds after one warm-up round; times are medians with their min–max over the rounds, and a ratio is taken round by round. The machine is shared and noisy: a difference inside the spread is not a result.\n\n",
+        "Measured by `cargo xtask bench{}{}` on backend {backend} with {threads} threads: OPT architectures with random weights (drawn as transformers draws them) shared by every row; the rows (and PyTorch's, in a persistent worker) run interleaved in rounds after one warm-up round; times are medians with their min–max over the rounds, and a ratio is taken round by round. The machine is shared and noisy: a difference inside the spread is not a result.\n\n",
         if quick { " --quick" } else { "" },
         if torch { " --vs-pytorch" } else { "" },
     );

@@ -171,6 +171,32 @@ fn main() {
         });
     }
 
+    // OPT-350m's head: 512 wide (its `project_out` runs before it); the training step's slices.
+    let embedding_350m = random([1, 1, vocab, 512]);
+    let x = random([1, 1, 512, 512]);
+    let g = random([1, 1, 512, vocab]);
+    let flop = 2.0 * (512 * 512 * vocab) as f64;
+    time("head x·Eᵀ, 512 rows, 350m (512 wide)", flop, || {
+        first(x.clone().matmul(embedding_350m.clone().swap_dims(2, 3)))
+    });
+    time("head g·E, 512 rows, 350m (512 wide)", flop, || {
+        first(g.clone().matmul(embedding_350m.clone()))
+    });
+    // A third of the gradient subnormal, as a softmax over very spread logits makes it
+    // (burn's default `normal(0, 1)` embedding made the guide's random OPT do that).
+    let tiny = Tensor::<4>::full([1, 1, 512, vocab], 1e-40, &device);
+    let every_third = Tensor::<1, burn::tensor::Int>::arange(0..vocab as i64, &device)
+        .remainder_scalar(3)
+        .equal_elem(0)
+        .reshape([1, 1, 1, vocab])
+        .expand([1, 1, 512, vocab]);
+    let g_subnormal = g.clone().mask_where(every_third, tiny);
+    time(
+        "head g·E, 512 rows, 350m (512 wide), a third subnormal",
+        flop,
+        || first(g_subnormal.clone().matmul(embedding_350m.clone())),
+    );
+
     let q = random([4, 12, 256, 64]);
     let scores = random([4, 12, 256, 256]);
     let attention_flop = 2.0 * (48 * 256 * 256 * 64) as f64;

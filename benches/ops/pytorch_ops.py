@@ -66,6 +66,17 @@ def main():
         xs, g = r(rows, d), r(rows, vocab)
         bench(f"head x·Eᵀ, {rows} rows", 2 * rows * d * vocab, lambda: xs @ embedding.t())
         bench(f"head g·E, {rows} rows", 2 * rows * d * vocab, lambda: g @ embedding)
+
+    # OPT-350m's head: 512 wide; the training step's slices of 512 rows.
+    embedding_350m = torch.rand(vocab, 512)
+    xs, g = torch.rand(512, 512), torch.rand(512, vocab)
+    flop = 2 * 512 * 512 * vocab
+    bench("head x·Eᵀ, 512 rows, 350m (512 wide)", flop, lambda: xs @ embedding_350m.t())
+    bench("head g·E, 512 rows, 350m (512 wide)", flop, lambda: g @ embedding_350m)
+    g_subnormal = g.clone()
+    g_subnormal[:, ::3] = 1e-40
+    bench("head g·E, 512 rows, 350m (512 wide), a third subnormal", flop,
+          lambda: g_subnormal @ embedding_350m)
     q, scores = r(4, 12, 256, 64), r(4, 12, 256, 256)
     attention_flop = 2 * 48 * 256 * 256 * 64
     bench("attention q·kᵀ [48×256,64]·[64,256]", attention_flop, lambda: q @ q.transpose(2, 3))

@@ -27,6 +27,7 @@ pub mod attention;
 pub mod causal_lm;
 pub mod checkpoint;
 pub mod error;
+pub mod init;
 pub mod llama;
 pub mod norm;
 pub mod opt;

@@ -7,7 +7,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData, activation::silu};
-use peft_core::nn::{Embedding, EmbeddingConfig, InitFactored, Linear, LinearConfig};
+use peft_core::nn::{Embedding, Linear};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -78,6 +78,9 @@ pub struct LlamaConfig {
     /// End-of-sequence token(s): a number or a list.
     #[serde(default)]
     pub eos_token_id: Option<Value>,
+    /// Standard deviation of the random weights [`init`](Self::init) draws.
+    #[serde(default = "crate::init::default_std")]
+    pub initializer_range: f64,
 }
 
 /// How rotary frequencies are computed.
@@ -262,17 +265,16 @@ impl LlamaConfig {
         )
     }
 
-    /// A randomly initialised model with this architecture.
+    /// A randomly initialised model with this architecture, drawn as transformers does
+    /// ([`crate::init`]: `normal(0, initializer_range)` weights, zero biases). The parameters
+    /// are lazy: loading weights into the model afterwards never draws them.
     pub fn init(&self, device: &Device) -> Result<LlamaForCausalLm> {
         self.validate()?;
         let d = self.hidden_size;
         let hd = self.head_width();
         let (h, kv) = (self.num_attention_heads, self.kv_heads());
-        let linear = |i: usize, o: usize, bias: bool| {
-            LinearConfig::new(i, o)
-                .with_bias(bias)
-                .init_factored(device)
-        };
+        let std = self.initializer_range;
+        let linear = |i: usize, o: usize, bias: bool| crate::init::linear(i, o, bias, std, device);
         let norm = || RmsNorm::new(d, self.rms_norm_eps, device);
         let layers = (0..self.num_hidden_layers)
             .map(|_| LlamaDecoderLayer {
@@ -296,7 +298,7 @@ impl LlamaConfig {
             .collect();
         Ok(LlamaForCausalLm {
             model: LlamaModel {
-                embed_tokens: EmbeddingConfig::new(self.vocab_size, d).init_factored(device),
+                embed_tokens: crate::init::embedding(self.vocab_size, d, std, device),
                 layers,
                 norm: norm(),
             },

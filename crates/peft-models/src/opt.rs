@@ -8,7 +8,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, activation::relu};
-use peft_core::nn::{Embedding, EmbeddingConfig, InitFactored, Linear, LinearConfig};
+use peft_core::nn::{Embedding, Linear};
 use serde::Deserialize;
 
 use crate::attention::{causal_attention, merge_heads, split_heads};
@@ -67,6 +67,10 @@ pub struct OptConfig {
     /// End-of-sequence token.
     #[serde(default)]
     pub eos_token_id: Option<i64>,
+    /// Standard deviation of the random weights [`init`](Self::init) draws (transformers'
+    /// `init_std`).
+    #[serde(default = "crate::init::default_std")]
+    pub init_std: f64,
 }
 
 impl OptConfig {
@@ -86,6 +90,7 @@ impl OptConfig {
             layer_norm_elementwise_affine: true,
             tie_word_embeddings: true,
             eos_token_id: Some(2),
+            init_std: crate::init::default_std(),
         }
     }
 
@@ -170,16 +175,16 @@ impl OptConfig {
         self.word_embed_proj_dim.unwrap_or(self.hidden_size)
     }
 
-    /// A randomly initialised model with this architecture.
+    /// A randomly initialised model with this architecture, drawn as transformers does
+    /// ([`crate::init`]: `normal(0, init_std)` weights, zero biases). The parameters are lazy:
+    /// loading weights into the model afterwards never draws them.
     pub fn init(&self, device: &Device) -> Result<OptForCausalLm> {
         self.validate()?;
         let d = self.hidden_size;
         let e = self.embed_dim();
-        let linear = |i: usize, o: usize, bias: bool| {
-            LinearConfig::new(i, o)
-                .with_bias(bias)
-                .init_factored(device)
-        };
+        let std = self.init_std;
+        let linear = |i: usize, o: usize, bias: bool| crate::init::linear(i, o, bias, std, device);
+        let embedding = |n: usize, d: usize| crate::init::embedding(n, d, std, device);
         let ln = || LayerNorm::new(d, 1e-5, device);
         let layers = (0..self.num_hidden_layers)
             .map(|_| OptDecoderLayer {
@@ -199,12 +204,8 @@ impl OptConfig {
             .collect();
         let projected = e != d;
         let decoder = OptDecoder {
-            embed_tokens: EmbeddingConfig::new(self.vocab_size, e).init_factored(device),
-            embed_positions: EmbeddingConfig::new(
-                self.max_position_embeddings + POSITION_OFFSET,
-                d,
-            )
-            .init_factored(device),
+            embed_tokens: embedding(self.vocab_size, e),
+            embed_positions: embedding(self.max_position_embeddings + POSITION_OFFSET, d),
             project_in: projected.then(|| linear(e, d, false)),
             project_out: projected.then(|| linear(d, e, false)),
             final_layer_norm: (self.do_layer_norm_before && !self.remove_final_layer_norm).then(ln),
