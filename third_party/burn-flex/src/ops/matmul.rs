@@ -273,6 +273,37 @@ fn broadcast_batch_elem_strides(
     result
 }
 
+/// Whether the batch matrices (`m` rows `row_stride` apart each, at `batch_strides` over
+/// `batch_shape`) are the consecutive rows of one `[batch·m, k]` matrix with that row stride:
+/// each batch dimension's stride is the size of everything after it. Needs `m > 1` (a one-row
+/// matrix's row stride says nothing about where the next one starts).
+fn rows_follow_on(
+    m: usize,
+    row_stride: isize,
+    batch_shape: &[usize],
+    batch_strides: &[isize],
+) -> bool {
+    if m < 2 || row_stride == 0 {
+        return false;
+    }
+    let Some(mut expected) = (m as isize).checked_mul(row_stride) else {
+        return false;
+    };
+    for (&dim, &stride) in batch_shape.iter().zip(batch_strides).rev() {
+        if dim == 1 {
+            continue;
+        }
+        if stride != expected {
+            return false;
+        }
+        let Some(next) = expected.checked_mul(dim as isize) else {
+            return false;
+        };
+        expected = next;
+    }
+    true
+}
+
 /// Convert a flat batch index to an element offset using element-level strides.
 #[inline]
 fn batch_elem_offset(b: usize, broadcast_shape: &[usize], elem_strides: &[isize]) -> isize {
@@ -635,6 +666,38 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
             );
         }
     };
+
+    // A right-hand side shared by every batch matrix (a layer's weight against `[batch, seq, d]`
+    // activations) and batch matrices that follow one another `m` rows apart: one product of
+    // `batch·m` rows, as PyTorch's `matmul` folds it. `gemm` then packs the right-hand side once
+    // instead of once per batch matrix, and splits the rows across the pool.
+    if batch_size > 1
+        && rhs_batch_strides.iter().all(|&s| s == 0)
+        && rows_follow_on(m, lhs_row_stride, &broadcast_shape, &lhs_batch_strides)
+    {
+        let rows = batch_size * m;
+        // SAFETY: the batch matrices of the left-hand side are the rows of one `[rows, k]`
+        // matrix with the same row and column strides (`rows_follow_on`); the output is a
+        // contiguous `[rows, n]`; the right-hand side is batch matrix 0's.
+        unsafe {
+            gemm_call::<T>(
+                rows,
+                n,
+                k,
+                out_data.as_mut_ptr(),
+                1,
+                n as isize,
+                lhs_data.as_ptr().offset(lhs_start),
+                lhs_col_stride,
+                lhs_row_stride,
+                rhs_data.as_ptr().offset(rhs_start),
+                rhs_col_stride,
+                rhs_row_stride,
+                get_parallelism(rows, n, k),
+            );
+        }
+        return output;
+    }
 
     if batch_size == 1 && m == 1 {
         // SAFETY: as `run_one` for batch 0.
@@ -1319,6 +1382,83 @@ mod tests {
         for (a, e) in values.iter().zip(expected.iter()) {
             assert!((a.to_f32() - e).abs() < 0.5, "bf16 matmul mismatch");
         }
+    }
+
+    #[test]
+    fn test_matmul_shared_rhs_folds_batches_as_per_batch_products() {
+        // Folded (contiguous left-hand side, broadcast right-hand side, plain or transposed),
+        // and the layouts that must not fold: batch dimensions permuted, rows narrowed (a gap
+        // between batch matrices), a right-hand side per batch matrix. Small and large enough
+        // for `gemm` to split the rows across the pool.
+        fn values(t: FlexTensor) -> alloc::vec::Vec<f32> {
+            t.to_contiguous().into_data().try_into_vec().unwrap()
+        }
+        let make = |len: usize, seed: usize| -> alloc::vec::Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 31 + seed * 7) % 23) as f32 * 0.05 - 0.5)
+                .collect()
+        };
+        for (m, k, n) in [(5, 7, 9), (64, 200, 300)] {
+            let w = make(k * n, 1);
+            let rhs_plain = FlexTensor::from_data(TensorData::new(w.clone(), [k, n]));
+            let rhs_t =
+                FlexTensor::from_data(TensorData::new(w.clone(), [1, 1, n, k])).transpose(2, 3);
+            let lhs4 = FlexTensor::from_data(TensorData::new(make(6 * m * k, 2), [2, 3, m, k]));
+            let lhs_permuted = lhs4.permute(&[1, 0, 2, 3]);
+            let lhs_gappy =
+                FlexTensor::from_data(TensorData::new(make(6 * (m + 1) * k, 3), [6, m + 1, k]))
+                    .narrow(1, 0, m);
+            let rhs_per_batch =
+                FlexTensor::from_data(TensorData::new(make(6 * k * n, 4), [6, k, n]));
+            let cases = [
+                (lhs4.clone(), rhs_plain.clone()),
+                (lhs4.clone(), rhs_t.clone()),
+                (lhs_permuted, rhs_t),
+                (lhs_gappy.clone(), rhs_plain.clone()),
+                (lhs_gappy, rhs_per_batch),
+            ];
+            for (case, (lhs, rhs)) in cases.into_iter().enumerate() {
+                let batch: usize = lhs.layout().shape()[..lhs.layout().shape().num_dims() - 2]
+                    .iter()
+                    .product();
+                let rhs_batch = match rhs.layout().shape().num_dims() {
+                    2 => 1,
+                    _ => rhs.layout().shape()[..rhs.layout().shape().num_dims() - 2]
+                        .iter()
+                        .product(),
+                };
+                let (a, b) = (values(lhs.clone()), values(rhs.clone()));
+                let got = values(Flex::float_matmul(lhs, rhs));
+                assert_eq!(got.len(), batch * m * n, "case {case}");
+                for bi in 0..batch {
+                    let rb = if rhs_batch == 1 { 0 } else { bi };
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: f64 = (0..k)
+                                .map(|p| {
+                                    a[(bi * m + i) * k + p] as f64 * b[(rb * k + p) * n + j] as f64
+                                })
+                                .sum();
+                            let g = got[(bi * m + i) * n + j] as f64;
+                            assert!(
+                                (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                "case {case} ({m}×{k}×{n}) batch {bi} [{i}, {j}]: {g} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn test_matmul_shared_rhs_fold_needs_rows_that_follow_on() {
+        // Two matrices of 3 rows 4 apart follow on at 12; a gap, a permutation, one row don't.
+        assert!(super::rows_follow_on(3, 4, &[2], &[12]));
+        assert!(super::rows_follow_on(3, 4, &[2, 1, 5], &[60, 0, 12]));
+        assert!(!super::rows_follow_on(3, 4, &[2], &[16]));
+        assert!(!super::rows_follow_on(3, 4, &[2, 5], &[12, 24]));
+        assert!(!super::rows_follow_on(1, 4, &[2], &[4]));
     }
 
     #[test]
