@@ -38,6 +38,27 @@ pub trait CausalLm: Module + Sized {
     /// `[batch, seq, hidden]` → `[batch, seq, vocab]`.
     fn head(&self, x: Tensor<3>) -> Tensor<3>;
 
+    /// The weight of the head's last product, `[vocab, features]`, when the head ends in a plain
+    /// one for an input of `tokens` positions: then `head(x)` equals
+    /// [`head_features`](Self::head_features)`(x) · weightᵀ`. A training step then runs that
+    /// product and its gradients itself, outside autodiff, so the `[tokens, vocab]` logits never
+    /// enter the graph.
+    ///
+    /// `None` (the default) where the head ends otherwise, e.g. in an adapter that runs factored:
+    /// training then pushes the loss gradient through [`head`](Self::head).
+    fn output_weight(&self, tokens: usize) -> Option<Tensor<2>> {
+        let _ = tokens;
+        None
+    }
+
+    /// The head up to its last product (final norm, projection);
+    /// `[batch, seq, hidden]` → `[batch, seq, features]`. Used only where
+    /// [`output_weight`](Self::output_weight) is `Some`; the default (for models that keep its
+    /// `None`) returns `x` unchanged.
+    fn head_features(&self, x: Tensor<3>) -> Tensor<3> {
+        x
+    }
+
     /// Vocabulary size.
     fn vocab_size(&self) -> usize;
 

@@ -481,6 +481,18 @@ impl CausalLm for LlamaForCausalLm {
         }
     }
 
+    fn output_weight(&self, tokens: usize) -> Option<Tensor<2>> {
+        match &self.lm_head {
+            Some(head) => head.plain_weight(tokens).map(Tensor::transpose),
+            // What `tied_logits` multiplies by.
+            None => Some(self.model.embed_tokens.weight.base()),
+        }
+    }
+
+    fn head_features(&self, x: Tensor<3>) -> Tensor<3> {
+        self.model.norm.forward(x)
+    }
+
     fn max_positions(&self) -> Option<usize> {
         Some(self.max_positions)
     }

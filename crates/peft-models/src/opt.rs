@@ -384,7 +384,16 @@ impl OptForCausalLm {
     }
 
     /// The final norm, `project_out` and the head.
-    fn final_stage(&self, mut x: Tensor<3>) -> Tensor<3> {
+    fn final_stage(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.final_features(x);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => tied_logits(x, &self.model.decoder.embed_tokens),
+        }
+    }
+
+    /// The final norm and `project_out`: what the head's product takes.
+    fn final_features(&self, mut x: Tensor<3>) -> Tensor<3> {
         let d = &self.model.decoder;
         if let Some(ln) = &d.final_layer_norm {
             x = ln.forward(x);
@@ -392,10 +401,7 @@ impl OptForCausalLm {
         if let Some(p) = &d.project_out {
             x = p.forward(x);
         }
-        match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => tied_logits(x, &d.embed_tokens),
-        }
+        x
     }
 }
 
@@ -418,6 +424,18 @@ impl CausalLm for OptForCausalLm {
 
     fn head(&self, x: Tensor<3>) -> Tensor<3> {
         self.final_stage(x)
+    }
+
+    fn output_weight(&self, tokens: usize) -> Option<Tensor<2>> {
+        match &self.lm_head {
+            Some(head) => head.plain_weight(tokens).map(Tensor::transpose),
+            // What `tied_logits` multiplies by.
+            None => Some(self.model.decoder.embed_tokens.weight.base()),
+        }
+    }
+
+    fn head_features(&self, x: Tensor<3>) -> Tensor<3> {
+        self.final_features(x)
     }
 
     fn max_positions(&self) -> Option<usize> {

@@ -82,8 +82,12 @@ pub const RECOMPUTING_HEAD_CHUNK_ELEMENTS: usize = 1 << 22;
 /// position per slice) on a detached copy of `hidden`; each slice's loss gradient is computed
 /// directly ([`causal_lm_loss_and_grad`]) and pushed back through the head, as Liger-Kernel's
 /// fused linear cross-entropy does. The `[tokens, vocab]` logits never exist whole and their
-/// log-softmax records nothing for the backward pass. The gradient reaching `hidden` then flows
-/// through the blocks in one backward pass (the gradient of `sum(hidden ⊙ g)`).
+/// log-softmax records nothing for the backward pass. Where the head ends in a plain product
+/// ([`CausalLm::output_weight`]: a tied embedding, an `lm_head` without a factored adapter), that
+/// product and its gradients run outside autodiff too: only the features before it (final norm,
+/// projection) keep a graph, so no pass over the logits is recorded at all. The gradient reaching
+/// `hidden` then flows through the blocks in one backward pass (the gradient of
+/// `sum(hidden ⊙ g)`).
 ///
 /// # Shapes
 /// - `hidden`: `[batch, seq, hidden]`
@@ -128,28 +132,84 @@ fn head_slices<M: CausalLm>(
     let most = (head_chunk / (rows * vocab).max(1)).clamp(1, seq.max(1));
     let chunk = seq.max(1).div_ceil(seq.max(1).div_ceil(most));
     let x = x.autodiff();
+    // Where the head ends in a plain product, its logits and their gradients are computed here,
+    // outside autodiff; only the head's features (final norm, projection) keep a graph.
+    let output = model.output_weight(rows * chunk);
+    let mut output_grad: Option<Tensor<2>> = None;
     let mut losses = Vec::with_capacity(seq.div_ceil(chunk));
     let mut parts = Vec::with_capacity(seq.div_ceil(chunk));
     for start in (0..seq).step_by(chunk) {
         let len = chunk.min(seq - start);
         let part = x.clone().narrow(1, start, len).require_grad();
-        let logits = model.head(part.clone());
-        let slice_targets = targets.clone().narrow(1, start, len).reshape([rows * len]);
-        let (loss, grad) = causal_lm_loss_and_grad(
-            logits.clone().inner().reshape([rows * len, vocab]),
-            slice_targets.inner(),
-            normalizer,
-        );
+        let slice_targets = targets
+            .clone()
+            .narrow(1, start, len)
+            .reshape([rows * len])
+            .inner();
+        let (loss, grads) = match &output {
+            Some(weight) => {
+                let (loss, grads, weight_grad) =
+                    product_head_slice(model, part.clone(), weight, slice_targets, normalizer);
+                if let Some(g) = weight_grad {
+                    output_grad = Some(match output_grad.take() {
+                        Some(sum) => sum + g,
+                        None => g,
+                    });
+                }
+                (loss, grads)
+            }
+            None => {
+                let logits = model.head(part.clone());
+                let (loss, grad) = causal_lm_loss_and_grad(
+                    logits.clone().inner().reshape([rows * len, vocab]),
+                    slice_targets,
+                    normalizer,
+                );
+                let grads = (logits * grad.reshape([rows, len, vocab])).sum().backward();
+                (loss, grads)
+            }
+        };
         losses.push(loss);
-        let grads = (logits * grad.reshape([rows, len, vocab])).sum().backward();
         parts.push(
             part.grad(&grads)
                 .unwrap_or_else(|| Tensor::zeros([rows, len, hidden], &x.device().inner())),
         );
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
     }
+    if let (Some(weight), Some(g)) = (output, output_grad) {
+        // A trainable output weight (full fine-tuning, a saved head): every slice's gradient,
+        // pushed through whatever produced the weight once.
+        let grads = (weight * g).sum().backward();
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
     let loss = Tensor::cat(losses, 0).sum().into_scalar::<f32>();
     (loss, Tensor::cat(parts, 1))
+}
+
+/// One slice of a head that ends in the plain product `features · weightᵀ`
+/// ([`CausalLm::output_weight`]): the logits, the loss and its gradient `G` outside autodiff,
+/// the features' gradient `G·weight` pushed back through the features' graph, and, when the
+/// weight trains, its gradient `Gᵀ·features` (returned, not pushed: the caller sums the
+/// slices' first).
+fn product_head_slice<M: CausalLm>(
+    model: &M,
+    part: Tensor<3>,
+    weight: &Tensor<2>,
+    targets: Tensor<1, burn::tensor::Int>,
+    normalizer: f32,
+) -> (Tensor<1>, burn::tensor::Gradients, Option<Tensor<2>>) {
+    let features = model.head_features(part);
+    let [rows, len, width] = features.dims();
+    let plain = features.clone().inner().reshape([rows * len, width]);
+    let w = weight.clone().inner();
+    let logits = plain.clone().matmul(w.clone().transpose());
+    let (loss, grad) = causal_lm_loss_and_grad(logits, targets, normalizer);
+    let weight_grad = weight
+        .is_tracked()
+        .then(|| grad.clone().transpose().matmul(plain));
+    let upstream = grad.matmul(w).reshape([rows, len, width]);
+    let grads = (features * upstream).sum().backward();
+    (loss, grads, weight_grad)
 }
 
 impl<M: CausalLm + 'static> CausalLmStep<M> {
@@ -274,45 +334,77 @@ mod tests {
         }
     }
 
+    /// The sliced and the recomputing steps against the whole logits through autodiff.
+    fn assert_steps_match_autodiff(step: &CausalLmStep<LlamaForCausalLm>, what: &str) {
+        let device = Device::default().autodiff();
+        let examples: Vec<Example> = (0..2)
+            .map(|k| Example {
+                ids: (0..9 - k).map(|i| (i * 7 + k * 3) as u32 % 40).collect(),
+                mask: (0..9 - k).map(|i| i % 3 != 0).collect(),
+            })
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        let batch = TokenBatch::new(&refs, 0, 7.0, &device);
+        // The reference: the whole logits, transformers' loss through autodiff.
+        let loss = causal_lm_loss(
+            step.model.forward(batch.ids.clone()),
+            batch.targets.clone(),
+            batch.normalizer,
+        );
+        let expected = loss.clone().into_scalar::<f32>();
+        let reference = GradientsParams::from_grads(loss.backward(), &step.model);
+        let sliced = TrainStep::step(step, batch.clone());
+        // 2 rows × 40 logits × 2 positions per slice: five slices of the head.
+        let recomputed = step.step_recomputing_with(batch, 160);
+        for (name, out) in [("sliced", sliced), ("recomputing", recomputed)] {
+            let got = out.item.loss;
+            assert!(
+                (got - expected).abs() <= 1e-6 * expected.abs(),
+                "{what}, {name}: loss {got} vs {expected}"
+            );
+            let mut compare = Compare(&reference, &out.grads, 0.0, 0);
+            step.model.visit(&mut compare);
+            assert!(
+                compare.3 > 2,
+                "{what}, {name}: only {} gradients",
+                compare.3
+            );
+            assert!(
+                compare.2 <= 1e-6,
+                "{what}, {name}: gradients differ by {}",
+                compare.2
+            );
+        }
+    }
+
     #[test]
     fn sliced_and_recomputing_steps_give_autodiffs_loss_and_gradients() {
         for tied in [false, true] {
+            // Every parameter trains, the head's output weight among them.
             let step = CausalLmStep { model: model(tied) };
-            let device = Device::default().autodiff();
-            let examples: Vec<Example> = (0..2)
-                .map(|k| Example {
-                    ids: (0..9 - k).map(|i| (i * 7 + k * 3) as u32 % 40).collect(),
-                    mask: (0..9 - k).map(|i| i % 3 != 0).collect(),
-                })
-                .collect();
-            let refs: Vec<&Example> = examples.iter().collect();
-            let batch = TokenBatch::new(&refs, 0, 7.0, &device);
-            // The reference: the whole logits, transformers' loss through autodiff.
-            let loss = causal_lm_loss(
-                step.model.forward(batch.ids.clone()),
-                batch.targets.clone(),
-                batch.normalizer,
-            );
-            let expected = loss.clone().into_scalar::<f32>();
-            let reference = GradientsParams::from_grads(loss.backward(), &step.model);
-            let sliced = TrainStep::step(&step, batch.clone());
-            // 2 rows × 40 logits × 2 positions per slice: five slices of the head.
-            let recomputed = step.step_recomputing_with(batch, 160);
-            for (name, out) in [("sliced", sliced), ("recomputing", recomputed)] {
-                let got = out.item.loss;
-                assert!(
-                    (got - expected).abs() <= 1e-6 * expected.abs(),
-                    "{name}: loss {got} vs {expected}"
-                );
-                let mut compare = Compare(&reference, &out.grads, 0.0, 0);
-                step.model.visit(&mut compare);
-                assert!(compare.3 > 10, "{name}: only {} gradients", compare.3);
-                assert!(
-                    compare.2 <= 1e-6,
-                    "{name}, tied {tied}: gradients differ by {}",
-                    compare.2
-                );
-            }
+            assert!(step.model.output_weight(4).is_some_and(|w| w.is_tracked()));
+            assert_steps_match_autodiff(&step, &format!("full, tied {tied}"));
+        }
+    }
+
+    #[test]
+    fn adapters_on_the_head_or_below_it_get_autodiffs_gradients() {
+        use peft_core::TargetModules;
+        use peft_lora::{InjectOptions, LoraConfig, LoraModel};
+        for (targets, tied) in [
+            // A frozen output weight: the head's product runs outside autodiff.
+            (vec!["q_proj", "v_proj"], true),
+            (vec!["q_proj", "v_proj"], false),
+            // An adapter that runs factored on the head: the head runs through autodiff.
+            (vec!["q_proj", "lm_head"], false),
+        ] {
+            let config = LoraConfig::new(TargetModules::names(targets.clone())).with_r(2);
+            let lora = LoraModel::inject(model(tied), &config, &InjectOptions::default()).unwrap();
+            let step = CausalLmStep { model: lora.model };
+            let through_autodiff = targets.contains(&"lm_head");
+            assert_eq!(step.model.output_weight(4).is_none(), through_autodiff);
+            assert!(step.model.output_weight(4).is_none_or(|w| !w.is_tracked()));
+            assert_steps_match_autodiff(&step, &format!("LoRA on {targets:?}, tied {tied}"));
         }
     }
 }

@@ -81,4 +81,40 @@ impl FactoredLinear {
         out[D - 1] = d_out;
         y.reshape(out)
     }
+
+    /// The weight `W` `[d_input, d_output]` when, for an input of `tokens` rows, the layer
+    /// computes exactly the product `x·W`: no bias and no adapter that runs factored (an adapter
+    /// composed into the weight is part of `W`, with its autodiff graph). `None` otherwise.
+    ///
+    /// For callers that run the product themselves, such as a training step that computes a
+    /// language-model head's logits and their gradients outside autodiff.
+    pub fn plain_weight(&self, tokens: usize) -> Option<Tensor<2>> {
+        if self.bias.is_some() || factored_adapter(&self.weight, tokens).is_some() {
+            return None;
+        }
+        Some(self.weight.val())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn plain_weight_is_the_product_the_layer_computes() {
+        let device = Device::default();
+        let x = Tensor::<2>::random([3, 4], Distribution::Default, &device);
+        let plain = LinearConfig::new(4, 5)
+            .with_bias(false)
+            .init_factored(&device);
+        let w = plain.plain_weight(3).expect("no bias, no adapter");
+        let diff = (plain.forward(x.clone()) - x.clone().matmul(w))
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert_eq!(diff, 0.0);
+        let biased = LinearConfig::new(4, 5).init_factored(&device);
+        assert!(biased.plain_weight(3).is_none(), "a bias is not x·W");
+    }
 }
