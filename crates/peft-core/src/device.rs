@@ -179,6 +179,31 @@ mod tests {
             }
         }
         assert_eq!(host(transposed / col), want);
+        // A scalar op on a strided view (heads split by `swap_dims`): copied, then in place.
+        let mut want = vec![0f32; n];
+        for bh in 0..b * h {
+            for j in 0..t {
+                for i in 0..s {
+                    want[(bh * t + j) * s + i] = x_host[(bh * s + i) * t + j] * 0.125;
+                }
+            }
+        }
+        assert_eq!(host(x.clone().swap_dims(2, 3).mul_scalar(0.125)), want);
+        // ReLU's backward (an op without a SIMD kernel, in place into the kept output).
+        let leaf = Tensor::<4>::from_data(
+            TensorData::new(x_host.clone(), [b, h, s, t]),
+            &device.clone().autodiff(),
+        )
+        .require_grad();
+        let upstream = values(n, 5);
+        let up = Tensor::<4>::from_data(TensorData::new(upstream.clone(), [b, h, s, t]), &device);
+        let grads = (burn::tensor::activation::relu(leaf.clone()) * up)
+            .sum()
+            .backward();
+        let want: Vec<f32> = (0..n)
+            .map(|i| if x_host[i] > 0.0 { upstream[i] } else { 0.0 })
+            .collect();
+        assert_eq!(host(leaf.grad(&grads).unwrap()), want);
         // Same-shape and scalar paths, then exp (vectorised: within 2 ulp of libm's).
         let sum: Vec<f32> = x_host.iter().map(|v| v * 0.5 + v).collect();
         let y = x.clone().mul_scalar(0.5) + x;

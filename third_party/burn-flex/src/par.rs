@@ -54,6 +54,35 @@ pub(crate) unsafe fn uninit_vec<E: bytemuck::Pod>(len: usize) -> alloc::vec::Vec
     out
 }
 
+/// `op` on matching elements of `a` and `b` (same length) into a new vector, in parallel when
+/// large.
+pub(crate) fn zip_map<E: bytemuck::Pod + Send + Sync, A: Copy + Sync, B: Copy + Sync>(
+    a: &[A],
+    b: &[B],
+    op: impl Fn(A, B) -> E + Sync + Send,
+) -> alloc::vec::Vec<E> {
+    debug_assert_eq!(a.len(), b.len());
+    // SAFETY: every chunk of `out` is paired with the chunks of `a` and `b` at the same offsets
+    // (equal lengths, equal chunk sizes), and the loop writes each of its elements.
+    let mut out = unsafe { uninit_vec(a.len()) };
+    let run = |d: &mut [E], x: &[A], y: &[B]| {
+        for ((o, &x), &y) in d.iter_mut().zip(x).zip(y) {
+            *o = op(x, y);
+        }
+    };
+    #[cfg(feature = "rayon")]
+    if out.len() >= PAR_MIN {
+        use rayon::prelude::*;
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK))
+            .zip(b.par_chunks(CHUNK))
+            .for_each(|((d, x), y)| run(d, x, y));
+        return out;
+    }
+    run(&mut out, a, b);
+    out
+}
+
 /// `src` mapped through `op` into a new vector, in parallel when large.
 pub(crate) fn map<E: bytemuck::Pod + Send + Sync, F: Copy + Sync>(
     src: &[F],

@@ -159,9 +159,12 @@ where
         let rhs_storage: &[E] = rhs.storage();
         let r_slice = &rhs_storage[r_start..r_end];
         let lhs_storage: &mut [E] = lhs.storage_mut();
-        for (l, &r) in lhs_storage[..l_end].iter_mut().zip(r_slice) {
-            *l = op(*l, r);
-        }
+        // Across the pool for a large buffer (ReLU's backward on an MLP's activations).
+        crate::par::zip_chunks_mut(&mut lhs_storage[..l_end], r_slice, |d, s| {
+            for (l, &r) in d.iter_mut().zip(s) {
+                *l = op(*l, r);
+            }
+        });
         return lhs;
     }
 
@@ -208,11 +211,7 @@ where
         (Some((l_start, l_end)), Some((r_start, r_end))) => {
             let l_slice = &lhs_storage[l_start..l_end];
             let r_slice = &rhs_storage[r_start..r_end];
-            l_slice
-                .iter()
-                .zip(r_slice)
-                .map(|(&a, &b)| op(a, b))
-                .collect()
+            crate::par::zip_map(l_slice, r_slice, &op)
         }
         // Strided/broadcast fallback: collapse both layouts into a
         // joint loop nest with a specialized (autovectorizable) inner
@@ -311,7 +310,17 @@ where
                     let result = crate::par::map(&src[start..end], |x| f32_op(x, s));
                     return make_tensor(result, shape, DType::F32);
                 }
-                return scalar_op_typed(tensor, s, f32_op);
+                // A strided view (heads split by `swap_dims`, a transpose): the tiled copy to a
+                // fresh contiguous tensor, then the op in place, both at memory speed, instead
+                // of walking the view one index at a time.
+                let mut tensor = tensor.to_contiguous();
+                let storage: &mut [f32] = tensor.storage_mut();
+                crate::par::chunks_mut(storage, |c| {
+                    for x in c.iter_mut() {
+                        *x = f32_op(*x, s);
+                    }
+                });
+                return tensor;
             }
             scalar_op_typed(tensor, s, f32_op)
         }
@@ -1244,5 +1253,50 @@ mod tests {
 
         let data = result.into_data();
         assert_eq!(data.as_slice::<f32>().unwrap(), reference.as_slice());
+    }
+
+    #[test]
+    fn test_large_ops_split_across_the_pool_compute_every_element() {
+        // Above `par::PAR_MIN`, with a length that is not a multiple of the chunk: the in-place
+        // and the allocating contiguous paths of `binary_op_typed` (an op without a SIMD hint,
+        // as ReLU's backward), and a scalar op on a strided view (heads split by `swap_dims`).
+        let n = 3 * crate::par::PAR_MIN + 5;
+        let a: Vec<f32> = (0..n).map(|i| (i % 97) as f32 - 48.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.5).collect();
+        let expected: Vec<f32> = a
+            .iter()
+            .zip(&b)
+            .map(|(&x, &y)| if x > 0.0 { y } else { -y })
+            .collect();
+        let op = |x: f32, y: f32| if x > 0.0 { y } else { -y };
+        let tensor = |v: &Vec<f32>| FlexTensor::from_data(TensorData::new(v.clone(), [n]));
+        // `a` unique: written in place.
+        let in_place = binary_op(tensor(&a), tensor(&b), op, |x, y| x + y, None);
+        assert_eq!(
+            in_place.into_data().as_slice::<f32>().unwrap(),
+            &expected[..]
+        );
+        // Both shared: a new buffer.
+        let (ta, tb) = (tensor(&a), tensor(&b));
+        let allocated = binary_op(ta.clone(), tb.clone(), op, |x, y| x + y, None);
+        assert_eq!(
+            allocated.into_data().as_slice::<f32>().unwrap(),
+            &expected[..]
+        );
+        drop((ta, tb));
+
+        let (rows, cols) = (3 * crate::par::PAR_MIN / 64 + 1, 64);
+        let m: Vec<f32> = (0..rows * cols).map(|i| (i % 101) as f32).collect();
+        let view = FlexTensor::from_data(TensorData::new(m.clone(), [rows, cols])).transpose(0, 1);
+        let scaled = scalar_op(view, 0.5, |x, s| x * s, |x, s| x * s);
+        let mut expected = Vec::with_capacity(rows * cols);
+        for c in 0..cols {
+            for r in 0..rows {
+                expected.push(m[r * cols + c] * 0.5);
+            }
+        }
+        let data = scaled.into_data();
+        assert_eq!(data.shape().as_slice(), &[cols, rows]);
+        assert_eq!(data.as_slice::<f32>().unwrap(), &expected[..]);
     }
 }
