@@ -1,6 +1,6 @@
 //! What every decoder here offers: logits for token ids, input checks and greedy generation.
 
-use burn::module::Module;
+use burn::module::{Module, ParamId};
 use burn::tensor::{Int, Tensor, TensorData};
 use peft_core::nn::Embedding;
 
@@ -38,15 +38,15 @@ pub trait CausalLm: Module + Sized {
     /// `[batch, seq, hidden]` → `[batch, seq, vocab]`.
     fn head(&self, x: Tensor<3>) -> Tensor<3>;
 
-    /// The weight of the head's last product, `[vocab, features]`, when the head ends in a plain
-    /// one for an input of `tokens` positions: then `head(x)` equals
+    /// The weight of the head's last product when the head ends in a plain one for an input of
+    /// `tokens` positions: then `head(x)` equals
     /// [`head_features`](Self::head_features)`(x) · weightᵀ`. A training step then runs that
     /// product and its gradients itself, outside autodiff, so the `[tokens, vocab]` logits never
     /// enter the graph.
     ///
     /// `None` (the default) where the head ends otherwise, e.g. in an adapter that runs factored:
     /// training then pushes the loss gradient through [`head`](Self::head).
-    fn output_weight(&self, tokens: usize) -> Option<Tensor<2>> {
+    fn output_weight(&self, tokens: usize) -> Option<OutputWeight> {
         let _ = tokens;
         None
     }
@@ -153,6 +153,36 @@ pub trait CausalLm: Module + Sized {
             TensorData::new(flat, [batch, len]),
             &device,
         ))
+    }
+}
+
+/// The last product of a language-model head: `logits = features · valueᵀ`
+/// ([`CausalLm::output_weight`]).
+#[derive(Debug, Clone)]
+pub struct OutputWeight {
+    /// The weight, `[vocab, features]`, with its autodiff graph when it trains.
+    pub value: Tensor<2>,
+    /// The parameter whose stored value `value` is, as it is stored (a tied embedding's weight):
+    /// a training step hands that parameter its gradient directly. `None` (a value composed from
+    /// parameters, or stored transposed) sends the gradient through autodiff.
+    pub param: Option<ParamId>,
+}
+
+impl OutputWeight {
+    /// The stored weight of `embedding`, `[vocab, features]`: what [`tied_logits`] multiplies by.
+    pub fn tied(embedding: &Embedding) -> Self {
+        Self {
+            value: embedding.weight.base(),
+            param: Some(embedding.weight.id),
+        }
+    }
+
+    /// A weight `[features, vocab]` (a Linear's), read through autodiff.
+    pub fn transposed(weight: Tensor<2>) -> Self {
+        Self {
+            value: weight.transpose(),
+            param: None,
+        }
     }
 }
 

@@ -33,7 +33,7 @@ pub mod norm;
 pub mod opt;
 pub mod pretrained;
 
-pub use causal_lm::CausalLm;
+pub use causal_lm::{CausalLm, OutputWeight};
 pub use checkpoint::Checkpoint;
 pub use error::{ModelError, Result};
 pub use llama::{LlamaConfig, LlamaForCausalLm};

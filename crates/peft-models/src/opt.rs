@@ -12,7 +12,7 @@ use peft_core::nn::{Embedding, Linear};
 use serde::Deserialize;
 
 use crate::attention::{causal_attention, merge_heads, split_heads};
-use crate::causal_lm::{CausalLm, tied_logits};
+use crate::causal_lm::{CausalLm, OutputWeight, tied_logits};
 use crate::checkpoint::Checkpoint;
 use crate::error::{ModelError, Result};
 use crate::norm::LayerNorm;
@@ -426,11 +426,10 @@ impl CausalLm for OptForCausalLm {
         self.final_stage(x)
     }
 
-    fn output_weight(&self, tokens: usize) -> Option<Tensor<2>> {
+    fn output_weight(&self, tokens: usize) -> Option<OutputWeight> {
         match &self.lm_head {
-            Some(head) => head.plain_weight(tokens).map(Tensor::transpose),
-            // What `tied_logits` multiplies by.
-            None => Some(self.model.decoder.embed_tokens.weight.base()),
+            Some(head) => head.plain_weight(tokens).map(OutputWeight::transposed),
+            None => Some(OutputWeight::tied(&self.model.decoder.embed_tokens)),
         }
     }
 

@@ -12,8 +12,8 @@ use crate::opt::OptForCausalLm;
 
 /// A model of any supported architecture, picked by the checkpoint's `model_type`.
 ///
-/// Not itself a [`Module`](burn::module::Module): match on it (or use [`with_model!`]) to reach
-/// the concrete model, e.g. to inject adapters.
+/// Not itself a [`Module`](burn::module::Module): match on it (or use
+/// [`with_model!`](crate::with_model)) to reach the concrete model, e.g. to inject adapters.
 ///
 /// ```no_run
 /// use burn::tensor::Device;

@@ -148,8 +148,13 @@ fn head_slices<M: CausalLm>(
             .inner();
         let (loss, grads) = match &output {
             Some(weight) => {
-                let (loss, grads, weight_grad) =
-                    product_head_slice(model, part.clone(), weight, slice_targets, normalizer);
+                let (loss, grads, weight_grad) = product_head_slice(
+                    model,
+                    part.clone(),
+                    &weight.value,
+                    slice_targets,
+                    normalizer,
+                );
                 if let Some(g) = weight_grad {
                     output_grad = Some(match output_grad.take() {
                         Some(sum) => sum + g,
@@ -178,9 +183,16 @@ fn head_slices<M: CausalLm>(
     }
     if let (Some(weight), Some(g)) = (output, output_grad) {
         // A trainable output weight (full fine-tuning, a saved head): every slice's gradient,
-        // pushed through whatever produced the weight once.
-        let grads = (weight * g).sum().backward();
-        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        // summed, handed to the parameter it is, or pushed through whatever composed it.
+        let grads = match weight.param {
+            Some(id) => {
+                let mut grads = GradientsParams::new();
+                grads.register(id, g);
+                grads
+            }
+            None => GradientsParams::from_grads((weight.value * g).sum().backward(), model),
+        };
+        accumulator.accumulate(model, grads);
     }
     let loss = Tensor::cat(losses, 0).sum().into_scalar::<f32>();
     (loss, Tensor::cat(parts, 1))
@@ -382,7 +394,11 @@ mod tests {
         for tied in [false, true] {
             // Every parameter trains, the head's output weight among them.
             let step = CausalLmStep { model: model(tied) };
-            assert!(step.model.output_weight(4).is_some_and(|w| w.is_tracked()));
+            let output = step.model.output_weight(4).unwrap();
+            assert!(output.value.is_tracked());
+            // A tied embedding's gradient goes to the parameter directly, an lm_head's through
+            // autodiff.
+            assert_eq!(output.param.is_some(), tied);
             assert_steps_match_autodiff(&step, &format!("full, tied {tied}"));
         }
     }
@@ -403,7 +419,11 @@ mod tests {
             let step = CausalLmStep { model: lora.model };
             let through_autodiff = targets.contains(&"lm_head");
             assert_eq!(step.model.output_weight(4).is_none(), through_autodiff);
-            assert!(step.model.output_weight(4).is_none_or(|w| !w.is_tracked()));
+            assert!(
+                step.model
+                    .output_weight(4)
+                    .is_none_or(|w| !w.value.is_tracked())
+            );
             assert_steps_match_autodiff(&step, &format!("LoRA on {targets:?}, tied {tied}"));
         }
     }
