@@ -398,6 +398,533 @@ fn softmax_row_f32_simd<S: macerator::Simd>(input: &[f32], output: &mut [f32]) {
     }
 }
 
+// ============================================================================
+// Causal softmax and the softmax backward (f32)
+// ============================================================================
+//
+// Autodiff decomposes `softmax` into five tracked ops and backpropagates through each
+// (about ten passes over the scores, plus the mask added before it). These two kernels let an
+// autodiff wrapper run the softmax as one node: the forward with the causal mask applied in the
+// row kernel (no mask tensor, and the masked tail of each row is neither read nor exponentiated),
+// and the backward `dx = y ⊙ (g − Σ g ⊙ y)` in one pass per row.
+
+/// Rows handed to one rayon task by the row-parallel kernels below.
+const SOFTMAX_ROWS_PER_TASK: usize = 64;
+
+/// Causal softmax of f32 scores `[..., q, k]` along the last dim: row `i` of each `[q, k]`
+/// matrix is the softmax of its first `i + 1 + k − q` entries (key `j` is seen by query `i` when
+/// `j ≤ i + k − q`, the queries being the last `q` of `k` positions) and 0 after them.
+///
+/// # Panics
+///
+/// * If the tensor is not f32, has fewer than two dims, or has `q > k`.
+pub fn causal_softmax_f32(tensor: FlexTensor) -> FlexTensor {
+    assert_eq!(tensor.dtype(), DType::F32, "causal_softmax_f32: not f32");
+    let tensor = tensor.to_contiguous();
+    let shape = tensor.layout().shape().clone();
+    let rank = shape.num_dims();
+    assert!(rank >= 2, "causal_softmax_f32: rank {rank} < 2");
+    let (q, k) = (shape[rank - 2], shape[rank - 1]);
+    assert!(q <= k, "causal_softmax_f32: {q} queries > {k} keys");
+    let input: &[f32] = tensor
+        .as_slice()
+        .expect("causal_softmax_f32: contiguous after to_contiguous");
+    // Zeroed: the masked tail of each row is never written.
+    let mut output: Vec<f32> = vec![0.0; input.len()];
+    if q == 0 {
+        return FlexTensor::new(
+            Bytes::from_elems(output),
+            Layout::contiguous(shape),
+            DType::F32,
+        );
+    }
+
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        let chunk_elems = SOFTMAX_ROWS_PER_TASK * k;
+        output
+            .par_chunks_mut(chunk_elems)
+            .zip(input.par_chunks(chunk_elems))
+            .enumerate()
+            .for_each(|(t, (o, i))| causal_softmax_rows_f32(i, o, k, q, t * SOFTMAX_ROWS_PER_TASK));
+    }
+    #[cfg(not(feature = "rayon"))]
+    causal_softmax_rows_f32(input, &mut output, k, q, 0);
+
+    FlexTensor::new(
+        Bytes::from_elems(output),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
+/// Rows `first_row..` (counted over the whole tensor) of a causal softmax.
+#[inline]
+fn causal_softmax_rows_f32(
+    input: &[f32],
+    output: &mut [f32],
+    row_len: usize,
+    rows_per_matrix: usize,
+    first_row: usize,
+) {
+    assert_eq!(input.len(), output.len());
+    assert_eq!(input.len() % row_len, 0);
+    #[cfg(feature = "simd")]
+    causal_softmax_rows_f32_simd(input, output, row_len, rows_per_matrix, first_row);
+    #[cfg(not(feature = "simd"))]
+    for (r, (i, o)) in input
+        .chunks_exact(row_len)
+        .zip(output.chunks_exact_mut(row_len))
+        .enumerate()
+    {
+        let seen = (first_row + r) % rows_per_matrix + 1 + row_len - rows_per_matrix;
+        softmax_row_f32_scalar(&i[..seen], &mut o[..seen]);
+    }
+}
+
+#[cfg(feature = "simd")]
+#[macerator::with_simd]
+fn causal_softmax_rows_f32_simd<S: macerator::Simd>(
+    input: &[f32],
+    output: &mut [f32],
+    row_len: usize,
+    rows_per_matrix: usize,
+    first_row: usize,
+) {
+    for (r, (i, o)) in input
+        .chunks_exact(row_len)
+        .zip(output.chunks_exact_mut(row_len))
+        .enumerate()
+    {
+        let seen = (first_row + r) % rows_per_matrix + 1 + row_len - rows_per_matrix;
+        softmax_row_f32_simd::<S>(&i[..seen], &mut o[..seen]);
+    }
+}
+
+/// The gradient of a softmax along the last dim from its f32 output `y` and the gradient `g` of
+/// that output: `dx = y ⊙ (g − Σ_last g ⊙ y)`, row by row. Written into `g`'s buffer when the
+/// gradient is its only owner.
+///
+/// # Panics
+///
+/// * If either tensor is not f32 or their shapes differ.
+pub fn softmax_backward_f32(output: FlexTensor, grad: FlexTensor) -> FlexTensor {
+    assert_eq!(
+        output.dtype(),
+        DType::F32,
+        "softmax_backward_f32: output not f32"
+    );
+    assert_eq!(
+        grad.dtype(),
+        DType::F32,
+        "softmax_backward_f32: gradient not f32"
+    );
+    let shape = output.layout().shape().clone();
+    assert_eq!(
+        &shape,
+        grad.layout().shape(),
+        "softmax_backward_f32: output and gradient shapes differ"
+    );
+    let y = output.to_contiguous();
+    let y: &[f32] = y.as_slice().expect("contiguous after to_contiguous");
+    let mut dx = owned_contiguous_f32(grad);
+    let last = *dx
+        .layout()
+        .shape()
+        .last()
+        .expect("softmax_backward_f32: rank 0");
+    if last == 0 {
+        return dx;
+    }
+    let dx_slice: &mut [f32] = dx.storage_mut();
+
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        let chunk_elems = SOFTMAX_ROWS_PER_TASK * last;
+        dx_slice
+            .par_chunks_mut(chunk_elems)
+            .zip(y.par_chunks(chunk_elems))
+            .for_each(|(g, y)| softmax_backward_rows_f32(y, g, last));
+    }
+    #[cfg(not(feature = "rayon"))]
+    softmax_backward_rows_f32(y, dx_slice, last);
+
+    dx
+}
+
+/// `tensor` as a contiguous f32 tensor that owns its whole buffer, so that a kernel can write
+/// its result into it: the tensor itself when it already is one, else a copy.
+fn owned_contiguous_f32(tensor: FlexTensor) -> FlexTensor {
+    let tensor = tensor.into_contiguous();
+    let n = tensor.layout().num_elements();
+    if tensor.is_unique()
+        && tensor.layout().contiguous_offsets() == Some((0, n))
+        && tensor.bytes().len() == n * size_of::<f32>()
+    {
+        return tensor;
+    }
+    let copy = tensor.as_slice::<f32>().expect("contiguous").to_vec();
+    FlexTensor::new(
+        Bytes::from_elems(copy),
+        Layout::contiguous(tensor.layout().shape().clone()),
+        DType::F32,
+    )
+}
+
+#[inline]
+fn softmax_backward_rows_f32(y: &[f32], g: &mut [f32], row_len: usize) {
+    assert_eq!(y.len(), g.len());
+    assert_eq!(y.len() % row_len, 0);
+    #[cfg(feature = "simd")]
+    softmax_backward_rows_f32_simd(y, g, row_len);
+    #[cfg(not(feature = "simd"))]
+    for (y, g) in y.chunks_exact(row_len).zip(g.chunks_exact_mut(row_len)) {
+        softmax_backward_row_f32(y, g);
+    }
+}
+
+#[cfg(feature = "simd")]
+#[macerator::with_simd]
+fn softmax_backward_rows_f32_simd<S: macerator::Simd>(y: &[f32], g: &mut [f32], row_len: usize) {
+    for (y, g) in y.chunks_exact(row_len).zip(g.chunks_exact_mut(row_len)) {
+        softmax_backward_row_f32(y, g);
+    }
+}
+
+/// One row of the softmax backward, in place on the gradient. The dot product runs on sixteen
+/// partial sums so that it vectorises (inlined into each SIMD level's row loop).
+#[inline(always)]
+fn softmax_backward_row_f32(y: &[f32], g: &mut [f32]) {
+    let mut acc = [0.0f32; 16];
+    let mut yc = y.chunks_exact(16);
+    let mut gc = g.chunks_exact(16);
+    for (y, g) in (&mut yc).zip(&mut gc) {
+        for ((a, &y), &g) in acc.iter_mut().zip(y).zip(g) {
+            *a += y * g;
+        }
+    }
+    let tail: f32 = yc
+        .remainder()
+        .iter()
+        .zip(gc.remainder())
+        .map(|(&y, &g)| y * g)
+        .sum();
+    let dot = acc.iter().sum::<f32>() + tail;
+    for (g, &y) in g.iter_mut().zip(y) {
+        *g = y * (*g - dot);
+    }
+}
+
+// ============================================================================
+// Layer norm for training (f32): the forward keeps what its backward needs
+// ============================================================================
+//
+// Autodiff runs a layer norm as about nine tracked ops (mean, subtract, square, mean, add,
+// sqrt, divide, scale, shift) and backpropagates through each. These two kernels let an autodiff
+// wrapper run it as one node: the forward also returns the normalised input `x̂` and each row's
+// `1/σ`, and the backward computes the input, weight and bias gradients in one pass per row.
+
+/// Rows handed to one rayon task by the layer-norm kernels below.
+const LAYER_NORM_ROWS_PER_TASK: usize = 32;
+
+/// The f32 layer norm over the last dim for training: `y = x̂ ⊙ weight + bias` with
+/// `x̂ = (x − mean) / sqrt(var + eps)` (biased variance), returned with `x̂` (the shape of `x`)
+/// and `rstd = 1 / sqrt(var + eps)` (the shape of `x` with a last dim of 1).
+///
+/// # Panics
+///
+/// * If a tensor is not f32, or `weight` / `bias` are not `[d]` for `x` `[..., d]`.
+pub fn layer_norm_train_f32(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: FlexTensor,
+    epsilon: f64,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    for t in [&x, &weight, &bias] {
+        assert_eq!(t.dtype(), DType::F32, "layer_norm_train_f32: not f32");
+    }
+    let shape = x.layout().shape().clone();
+    let d = *shape.last().expect("layer_norm_train_f32: rank 0");
+    for (name, t) in [("weight", &weight), ("bias", &bias)] {
+        assert_eq!(
+            t.layout().shape().to_vec(),
+            [d],
+            "layer_norm_train_f32: {name} is not [{d}]"
+        );
+    }
+    let x = x.to_contiguous();
+    let (weight, bias) = (weight.to_contiguous(), bias.to_contiguous());
+    let x_data: &[f32] = x.as_slice().expect("contiguous");
+    let w: &[f32] = weight.as_slice().expect("contiguous");
+    let b: &[f32] = bias.as_slice().expect("contiguous");
+    let n = x_data.len();
+    let rows = if d == 0 { 0 } else { n / d };
+    let mut y = vec![0.0f32; n];
+    let mut xhat = vec![0.0f32; n];
+    let mut rstd = vec![0.0f32; rows];
+    let eps = epsilon as f32;
+    if d > 0 {
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            let chunk = LAYER_NORM_ROWS_PER_TASK * d;
+            y.par_chunks_mut(chunk)
+                .zip(xhat.par_chunks_mut(chunk))
+                .zip(rstd.par_chunks_mut(LAYER_NORM_ROWS_PER_TASK))
+                .zip(x_data.par_chunks(chunk))
+                .for_each(|(((y, xh), r), x)| layer_norm_train_rows_f32(x, w, b, eps, y, xh, r));
+        }
+        #[cfg(not(feature = "rayon"))]
+        layer_norm_train_rows_f32(x_data, w, b, eps, &mut y, &mut xhat, &mut rstd);
+    }
+    let mut rstd_shape = shape.clone();
+    let last = rstd_shape.num_dims() - 1;
+    rstd_shape[last] = 1;
+    let tensor =
+        |v: Vec<f32>, s| FlexTensor::new(Bytes::from_elems(v), Layout::contiguous(s), DType::F32);
+    (
+        tensor(y, shape.clone()),
+        tensor(xhat, shape),
+        tensor(rstd, rstd_shape),
+    )
+}
+
+#[inline]
+fn layer_norm_train_rows_f32(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+    y: &mut [f32],
+    xhat: &mut [f32],
+    rstd: &mut [f32],
+) {
+    let d = w.len();
+    assert_eq!(x.len(), y.len());
+    assert_eq!(x.len(), xhat.len());
+    assert_eq!(x.len(), rstd.len() * d);
+    assert_eq!(b.len(), d);
+    #[cfg(feature = "simd")]
+    layer_norm_train_rows_f32_simd(x, w, b, eps, y, xhat, rstd);
+    #[cfg(not(feature = "simd"))]
+    layer_norm_train_rows_f32_body(x, w, b, eps, y, xhat, rstd);
+}
+
+#[cfg(feature = "simd")]
+#[macerator::with_simd]
+fn layer_norm_train_rows_f32_simd<S: macerator::Simd>(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+    y: &mut [f32],
+    xhat: &mut [f32],
+    rstd: &mut [f32],
+) {
+    layer_norm_train_rows_f32_body(x, w, b, eps, y, xhat, rstd);
+}
+
+/// Sum of a slice on sixteen partial sums, so that it vectorises.
+#[inline(always)]
+fn sum16(a: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut chunks = a.chunks_exact(16);
+    for c in &mut chunks {
+        for (s, &a) in acc.iter_mut().zip(c) {
+            *s += a;
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// Dot product on sixteen partial sums, so that it vectorises.
+#[inline(always)]
+fn dot16(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut ac = a.chunks_exact(16);
+    let mut bc = b.chunks_exact(16);
+    for (a, b) in (&mut ac).zip(&mut bc) {
+        for ((s, &a), &b) in acc.iter_mut().zip(a).zip(b) {
+            *s += a * b;
+        }
+    }
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(&a, &b)| a * b)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn layer_norm_train_rows_f32_body(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+    y: &mut [f32],
+    xhat: &mut [f32],
+    rstd: &mut [f32],
+) {
+    let d = w.len();
+    let inv_d = 1.0 / d as f32;
+    for (((x, y), xh), r) in x
+        .chunks_exact(d)
+        .zip(y.chunks_exact_mut(d))
+        .zip(xhat.chunks_exact_mut(d))
+        .zip(rstd.iter_mut())
+    {
+        let mean = sum16(x) * inv_d;
+        // x − mean into x̂ first: the variance reads it back, then it is scaled in place.
+        for (xh, &x) in xh.iter_mut().zip(x) {
+            *xh = x - mean;
+        }
+        let var = dot16(xh, xh) * inv_d;
+        let rs = 1.0 / (var + eps).sqrt();
+        *r = rs;
+        for (((y, xh), &w), &b) in y.iter_mut().zip(xh.iter_mut()).zip(w).zip(b) {
+            *xh *= rs;
+            *y = *xh * w + b;
+        }
+    }
+}
+
+/// The gradients of [`layer_norm_train_f32`] from its saved `x̂` and `rstd`, the weight, and the
+/// output's gradient `g`: `dx = rstd ⊙ (g⊙w − mean(g⊙w) − x̂ ⊙ mean(g⊙w⊙x̂))` per row,
+/// `dweight = Σ_rows g ⊙ x̂`, `dbias = Σ_rows g`. `dx` is written into `g`'s buffer when the
+/// gradient is its only owner.
+///
+/// # Panics
+///
+/// * If a tensor is not f32 or the shapes disagree.
+pub fn layer_norm_backward_f32(
+    xhat: FlexTensor,
+    rstd: FlexTensor,
+    weight: FlexTensor,
+    grad: FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    for t in [&xhat, &rstd, &weight, &grad] {
+        assert_eq!(t.dtype(), DType::F32, "layer_norm_backward_f32: not f32");
+    }
+    let shape = xhat.layout().shape().clone();
+    assert_eq!(
+        &shape,
+        grad.layout().shape(),
+        "layer_norm_backward_f32: x̂ and gradient shapes differ"
+    );
+    let d = *shape.last().expect("layer_norm_backward_f32: rank 0");
+    let xhat = xhat.to_contiguous();
+    let (rstd, weight) = (rstd.to_contiguous(), weight.to_contiguous());
+    let xh: &[f32] = xhat.as_slice().expect("contiguous");
+    let rs: &[f32] = rstd.as_slice().expect("contiguous");
+    let w: &[f32] = weight.as_slice().expect("contiguous");
+    assert_eq!(w.len(), d, "layer_norm_backward_f32: weight is not [{d}]");
+    let rows = if d == 0 { 0 } else { xh.len() / d };
+    assert_eq!(
+        rs.len(),
+        rows,
+        "layer_norm_backward_f32: rstd is not one per row"
+    );
+    let mut dx = owned_contiguous_f32(grad);
+    // dweight then dbias, summed over each task's rows, then over the tasks.
+    let mut sums = vec![0.0f32; 2 * d];
+    if d > 0 {
+        let g: &mut [f32] = dx.storage_mut();
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            let chunk = LAYER_NORM_ROWS_PER_TASK * d;
+            let partial: Vec<Vec<f32>> = g
+                .par_chunks_mut(chunk)
+                .zip(xh.par_chunks(chunk))
+                .zip(rs.par_chunks(LAYER_NORM_ROWS_PER_TASK))
+                .map(|((g, xh), rs)| {
+                    let mut sums = vec![0.0f32; 2 * d];
+                    layer_norm_backward_rows_f32(xh, rs, w, g, &mut sums);
+                    sums
+                })
+                .collect();
+            for p in partial {
+                for (s, p) in sums.iter_mut().zip(p) {
+                    *s += p;
+                }
+            }
+        }
+        #[cfg(not(feature = "rayon"))]
+        layer_norm_backward_rows_f32(xh, rs, w, g, &mut sums);
+    }
+    let db = sums.split_off(d);
+    let param = |v: Vec<f32>| {
+        FlexTensor::new(
+            Bytes::from_elems(v),
+            Layout::contiguous([d].into()),
+            DType::F32,
+        )
+    };
+    (dx, param(sums), param(db))
+}
+
+#[inline]
+fn layer_norm_backward_rows_f32(
+    xh: &[f32],
+    rs: &[f32],
+    w: &[f32],
+    g: &mut [f32],
+    sums: &mut [f32],
+) {
+    let d = w.len();
+    assert_eq!(xh.len(), g.len());
+    assert_eq!(xh.len(), rs.len() * d);
+    assert_eq!(sums.len(), 2 * d);
+    #[cfg(feature = "simd")]
+    layer_norm_backward_rows_f32_simd(xh, rs, w, g, sums);
+    #[cfg(not(feature = "simd"))]
+    layer_norm_backward_rows_f32_body(xh, rs, w, g, sums);
+}
+
+#[cfg(feature = "simd")]
+#[macerator::with_simd]
+fn layer_norm_backward_rows_f32_simd<S: macerator::Simd>(
+    xh: &[f32],
+    rs: &[f32],
+    w: &[f32],
+    g: &mut [f32],
+    sums: &mut [f32],
+) {
+    layer_norm_backward_rows_f32_body(xh, rs, w, g, sums);
+}
+
+#[inline(always)]
+fn layer_norm_backward_rows_f32_body(
+    xh: &[f32],
+    rs: &[f32],
+    w: &[f32],
+    g: &mut [f32],
+    sums: &mut [f32],
+) {
+    let d = w.len();
+    let inv_d = 1.0 / d as f32;
+    let (dw, db) = sums.split_at_mut(d);
+    for ((xh, &rs), g) in xh.chunks_exact(d).zip(rs).zip(g.chunks_exact_mut(d)) {
+        for (((dw, db), &g), &xh) in dw.iter_mut().zip(db.iter_mut()).zip(g.iter()).zip(xh) {
+            *dw += g * xh;
+            *db += g;
+        }
+        // g ⊙ w in place, then its two row means.
+        for (g, &w) in g.iter_mut().zip(w) {
+            *g *= w;
+        }
+        let mean_gw = sum16(g) * inv_d;
+        let mean_gwx = dot16(g, xh) * inv_d;
+        for (g, &xh) in g.iter_mut().zip(xh) {
+            *g = rs * (*g - mean_gw - xh * mean_gwx);
+        }
+    }
+}
+
 // f64, f16, bf16 softmax share the same row-parallel dispatcher shell and
 // differ only in their row kernel (native f64 vs via-f32 for half
 // precision). Generated via macros to keep the three variants in lockstep.
@@ -1535,5 +2062,160 @@ mod tests {
         let t = flex_f32(vec![1.0, 2.0, 3.0, 4.0], &[1, 4]);
         let gamma = flex_f64(vec![1.0; 4], &[4]);
         let _ = crate::ops::activation::layer_norm(t, gamma, None, 1e-5);
+    }
+
+    /// Causal softmax of `[batch, q, k]` scores, row by row in f64: row `i` sees `i + 1 + k − q`
+    /// keys; the rest are 0.
+    fn causal_softmax_ref(data: &[f32], q: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; data.len()];
+        for (r, (i, o)) in data.chunks(k).zip(out.chunks_mut(k)).enumerate() {
+            let seen = r % q + 1 + k - q;
+            let row: Vec<f64> = i[..seen].iter().map(|&x| x as f64).collect();
+            let mut probs = vec![0.0f64; seen];
+            softmax_row(&row, &mut probs);
+            for (o, p) in o.iter_mut().zip(probs) {
+                *o = p as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn test_causal_softmax_masks_each_rows_future_across_chunks() {
+        // 3 matrices of 50 rows: 150 rows > SOFTMAX_ROWS_PER_TASK, so chunks start mid-matrix;
+        // rows of 37 keys (q < k) cover the SIMD body and a scalar tail.
+        let (b, q, k) = (3, 50, 37 + 13);
+        for (q, k) in [(q, k), (q - 13, k)] {
+            let data: Vec<f32> = (0..b * q * k)
+                .map(|i| ((i * 7919 % 113) as f32) * 0.07 - 3.0)
+                .collect();
+            let expected = causal_softmax_ref(&data, q, k);
+            let got = crate::ops::activation::causal_softmax_f32(flex_f32(data, &[b, q, k]));
+            let got = got.into_data();
+            let got: &[f32] = got.as_slice().unwrap();
+            for (r, (g, e)) in got.chunks(k).zip(expected.chunks(k)).enumerate() {
+                let seen = r % q + 1 + k - q;
+                assert!(
+                    g[seen..].iter().all(|&v| v == 0.0),
+                    "row {r}: masked keys not 0"
+                );
+                for (j, (g, e)) in g.iter().zip(e).enumerate() {
+                    assert!((g - e).abs() <= 1e-6, "row {r}, key {j}: {g} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn test_softmax_backward_matches_the_jacobian_product() {
+        // dx_j = Σ_i g_i ∂y_i/∂x_j = y_j (g_j − Σ_i g_i y_i), summed in f64 here.
+        let (rows, len) = (130, 45);
+        let x: Vec<f32> = (0..rows * len)
+            .map(|i| ((i * 31 % 97) as f32) * 0.05)
+            .collect();
+        let g: Vec<f32> = (0..rows * len)
+            .map(|i| ((i * 17 % 89) as f32) * 0.03 - 1.0)
+            .collect();
+        let y = softmax_last_ref(&x, len);
+        let mut expected = vec![0.0f32; y.len()];
+        for ((y, g), e) in y
+            .chunks(len)
+            .zip(g.chunks(len))
+            .zip(expected.chunks_mut(len))
+        {
+            for j in 0..len {
+                let mut dx = 0.0f64;
+                for i in 0..len {
+                    let dyi_dxj = if i == j {
+                        y[i] as f64 * (1.0 - y[j] as f64)
+                    } else {
+                        -(y[i] as f64) * y[j] as f64
+                    };
+                    dx += g[i] as f64 * dyi_dxj;
+                }
+                e[j] = dx as f32;
+            }
+        }
+        let y_t = flex_f32(y, &[rows, len]);
+        // A gradient shared with another owner is copied, never written through.
+        let g_t = flex_f32(g.clone(), &[rows, len]);
+        let shared = g_t.clone();
+        let dx = crate::ops::activation::softmax_backward_f32(y_t.clone(), g_t);
+        dx.into_data().assert_approx_eq::<f32>(
+            &TensorData::new(expected.clone(), vec![rows, len]),
+            Tolerance::absolute(1e-6),
+        );
+        assert_eq!(shared.into_data().as_slice::<f32>().unwrap(), &g[..]);
+        // A gradient it owns alone is written in place, with the same result.
+        let dx = crate::ops::activation::softmax_backward_f32(y_t, flex_f32(g, &[rows, len]));
+        dx.into_data().assert_approx_eq::<f32>(
+            &TensorData::new(expected, vec![rows, len]),
+            Tolerance::absolute(1e-6),
+        );
+    }
+
+    #[test]
+    fn test_layer_norm_train_and_backward_match_the_jacobian_in_f64() {
+        // 70 rows > LAYER_NORM_ROWS_PER_TASK (32): the weight and bias sums add three tasks'
+        // partial sums; rows of 37 cover the SIMD body and a tail.
+        let (rows, d, eps) = (70, 37, 1e-5);
+        let x: Vec<f32> = (0..rows * d)
+            .map(|i| ((i * 7919 % 101) as f32) * 0.03 - 1.5)
+            .collect();
+        let w: Vec<f32> = (0..d).map(|j| 0.5 + j as f32 * 0.05).collect();
+        let b: Vec<f32> = (0..d).map(|j| j as f32 * 0.01 - 0.2).collect();
+        let g: Vec<f32> = (0..rows * d)
+            .map(|i| ((i * 31 % 89) as f32) * 0.02 - 0.9)
+            .collect();
+        let (y, xhat, rstd) = crate::ops::activation::layer_norm_train_f32(
+            flex_f32(x.clone(), &[rows, d]),
+            flex_f32(w.clone(), &[d]),
+            flex_f32(b.clone(), &[d]),
+            eps,
+        );
+        assert_eq!(rstd.layout().shape().to_vec(), [rows, 1]);
+        let (dx, dw, db) = crate::ops::activation::layer_norm_backward_f32(
+            xhat.clone(),
+            rstd.clone(),
+            flex_f32(w.clone(), &[d]),
+            flex_f32(g.clone(), &[rows, d]),
+        );
+        let f = |t: FlexTensor| t.into_data().to_vec::<f32>().unwrap();
+        let (y, xhat, rstd, dx, dw, db) = (f(y), f(xhat), f(rstd), f(dx), f(dw), f(db));
+        let mut want_dw = vec![0.0f64; d];
+        let mut want_db = vec![0.0f64; d];
+        for r in 0..rows {
+            let row: Vec<f64> = x[r * d..][..d].iter().map(|&v| v as f64).collect();
+            let mean = row.iter().sum::<f64>() / d as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+            let rs = 1.0 / (var + eps).sqrt();
+            assert!((rstd[r] as f64 - rs).abs() <= 1e-5 * rs, "row {r}: rstd");
+            let xh: Vec<f64> = row.iter().map(|v| (v - mean) * rs).collect();
+            let gr = &g[r * d..][..d];
+            for j in 0..d {
+                let at = r * d + j;
+                assert!((xhat[at] as f64 - xh[j]).abs() <= 1e-5, "x̂[{r},{j}]");
+                let want_y = xh[j] * w[j] as f64 + b[j] as f64;
+                assert!((y[at] as f64 - want_y).abs() <= 1e-5, "y[{r},{j}]");
+                // ∂x̂_i/∂x_j = rstd (δ_ij − 1/d − x̂_i x̂_j / d)
+                let mut want_dx = 0.0f64;
+                for i in 0..d {
+                    let delta = if i == j { 1.0 } else { 0.0 };
+                    let jac = rs * (delta - 1.0 / d as f64 - xh[i] * xh[j] / d as f64);
+                    want_dx += gr[i] as f64 * w[i] as f64 * jac;
+                }
+                assert!(
+                    (dx[at] as f64 - want_dx).abs() <= 1e-4,
+                    "dx[{r},{j}]: {} vs {want_dx}",
+                    dx[at]
+                );
+                want_dw[j] += gr[j] as f64 * xh[j];
+                want_db[j] += gr[j] as f64;
+            }
+        }
+        for j in 0..d {
+            assert!((dw[j] as f64 - want_dw[j]).abs() <= 1e-4, "dweight[{j}]");
+            assert!((db[j] as f64 - want_db[j]).abs() <= 1e-4, "dbias[{j}]");
+        }
     }
 }
