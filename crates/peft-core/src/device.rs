@@ -118,6 +118,20 @@ pub fn parse_devices(list: &str) -> Result<Vec<Device>> {
     list.split(',').map(|s| parse_device(s.trim())).collect()
 }
 
+/// The devices an op's tests run on: the suite's (`Device::default()`, which `BURN_DEVICE`
+/// picks), and ndarray too where the build has it, so that a backend extension's routing to
+/// each backend's implementation is exercised.
+#[cfg(test)]
+pub(crate) fn suite_devices() -> Vec<Device> {
+    let mut devices = vec![Device::default()];
+    if let Ok(ndarray) = parse_device("ndarray")
+        && ndarray != devices[0]
+    {
+        devices.push(ndarray);
+    }
+    devices
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

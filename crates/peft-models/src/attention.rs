@@ -1,6 +1,7 @@
 //! Causal scaled-dot-product attention shared by the decoders.
 
-use burn::tensor::{Tensor, TensorData, activation::softmax};
+use burn::tensor::Tensor;
+use peft_core::nn::causal_softmax;
 
 /// Softmax attention of every position over itself and the positions before it.
 ///
@@ -27,15 +28,8 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) ->
         };
         (repeat(k), repeat(v))
     };
-    let mut mask = vec![0f32; seq * seq];
-    for i in 0..seq {
-        for j in i + 1..seq {
-            mask[i * seq + j] = f32::NEG_INFINITY;
-        }
-    }
-    let mask = Tensor::<4>::from_data(TensorData::new(mask, [1, 1, seq, seq]), &q.device());
-    let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3)) + mask;
-    softmax(scores, 3).matmul(v)
+    let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
+    causal_softmax(scores).matmul(v)
 }
 
 /// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.

@@ -30,11 +30,7 @@ impl LayerNorm {
     /// # Shapes
     /// - input and output: `[..., d]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let mean = x.clone().mean_dim(D - 1);
-        let centered = x - mean;
-        let var = centered.clone().powi_scalar(2).mean_dim(D - 1);
-        let normed = centered / var.add_scalar(self.eps).sqrt();
-        normed * self.weight.val().unsqueeze() + self.bias.val().unsqueeze()
+        peft_core::nn::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
     }
 }
 

@@ -1,11 +1,16 @@
 //! Adapter-aware layers: drop-in replacements for burn's `Linear` and `Embedding` that run any
-//! registered adapter factored.
+//! registered adapter factored; and the decoders' causal softmax and layer norm as single
+//! autodiff nodes (backend extensions with fused flex kernels).
 
 mod embedding;
 mod factored;
+mod layer_norm;
 mod linear;
+mod softmax;
 
 pub use burn::nn::EmbeddingConfig;
 pub use embedding::{Embedding, FactoredEmbedding};
 pub use factored::{FactoredAdapter, factored_adapter, register_factored};
+pub use layer_norm::{LayerNormOps, layer_norm};
 pub use linear::{FactoredLinear, InitFactored, Linear, LinearConfig};
+pub use softmax::{SoftmaxOps, causal_softmax};
