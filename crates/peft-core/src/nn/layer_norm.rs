@@ -231,10 +231,10 @@ impl<B: LayerNormOps, C: CheckpointStrategy> LayerNormOps for Autodiff<B, C> {
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// let device = Device::flex();
-/// let x = Tensor::<2>::from_floats([[1.0, 3.0], [2.0, 2.0]], &device);
+/// let x = Tensor::<2>::from_floats([[1.0, 3.0], [5.0, 1.0]], &device);
 /// let y = peft_core::nn::layer_norm(x, Tensor::ones([2], &device), Tensor::zeros([2], &device), 0.0);
 /// y.into_data().assert_approx_eq::<f32>(
-///     &burn::tensor::TensorData::from([[-1.0f32, 1.0], [0.0, 0.0]]),
+///     &burn::tensor::TensorData::from([[-1.0f32, 1.0], [1.0, -1.0]]),
 ///     burn::tensor::Tolerance::absolute(1e-6),
 /// );
 /// ```
