@@ -64,12 +64,22 @@ fn ensure_vulkan() -> Result<(), String> {
     run(Command::new("apt-get").args(["install", "-y", "-qq", "mesa-vulkan-drivers"]))
 }
 
+/// The property tests' seed in `cargo xtask test` (and so in CI), unless `PROPTEST_RNG_SEED`
+/// is set.
+const PROPTEST_SEED: &str = "20261201";
+
 fn test(backends: &[&str]) -> Result<(), String> {
     if backends.contains(&"wgpu") {
         ensure_vulkan()?;
     }
     let runtime = std::env::temp_dir().join("peft-rs-xdg");
     let _ = std::fs::create_dir_all(&runtime);
+    // The property tests draw the same cases on every run of the suite (CI is repeatable; a
+    // failure reproduces with the seed printed here); `PROPTEST_RNG_SEED=N cargo xtask test`
+    // or a plain `cargo test` explores other cases.
+    let proptest_seed =
+        std::env::var("PROPTEST_RNG_SEED").unwrap_or_else(|_| PROPTEST_SEED.to_string());
+    eprintln!("xtask: property tests with PROPTEST_RNG_SEED={proptest_seed}");
     for backend in backends {
         eprintln!("xtask: === test suite on {backend} ===");
         let start = std::time::Instant::now();
@@ -83,7 +93,8 @@ fn test(backends: &[&str]) -> Result<(), String> {
                 TEST_FEATURES,
             ])
             .env("BURN_DEVICE", backend)
-            .env("XDG_RUNTIME_DIR", &runtime))?;
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env("PROPTEST_RNG_SEED", &proptest_seed))?;
         // The first backend's time includes the build shared by all.
         eprintln!(
             "xtask: test suite on {backend} took {:.0} s",

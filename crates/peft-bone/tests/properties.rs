@@ -83,6 +83,46 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
         / scale
 }
 
+/// `max_t ‖(I + B_t)⁻¹‖_∞` over the `r × r` tiles of a bat block (f64 Gauss-Jordan with
+/// partial pivoting); infinite when a tile is singular.
+fn max_inverse_norm(blocks: &[f32], r: usize) -> f64 {
+    blocks
+        .chunks(r * r)
+        .map(|tile| {
+            let eye = |k: usize| if k / r == k % r { 1.0 } else { 0.0 };
+            let mut m: Vec<f64> = (0..r * r).map(|k| f64::from(tile[k]) + eye(k)).collect();
+            let mut inv: Vec<f64> = (0..r * r).map(eye).collect();
+            for col in 0..r {
+                let p = (col..r)
+                    .max_by(|&i, &j| m[i * r + col].abs().total_cmp(&m[j * r + col].abs()))
+                    .unwrap();
+                if m[p * r + col] == 0.0 {
+                    return f64::INFINITY;
+                }
+                for k in 0..r {
+                    m.swap(col * r + k, p * r + k);
+                    inv.swap(col * r + k, p * r + k);
+                }
+                let pivot = m[col * r + col];
+                for k in 0..r {
+                    m[col * r + k] /= pivot;
+                    inv[col * r + k] /= pivot;
+                }
+                for row in (0..r).filter(|&row| row != col) {
+                    let f = m[row * r + col];
+                    for k in 0..r {
+                        m[row * r + k] -= f * m[col * r + k];
+                        inv[row * r + k] -= f * inv[col * r + k];
+                    }
+                }
+            }
+            inv.chunks(r)
+                .map(|row| row.iter().map(|v| v.abs()).sum::<f64>())
+                .fold(0.0, f64::max)
+        })
+        .fold(0.0, f64::max)
+}
+
 /// Random cases per property: fewer on GPU backends, where every new shape compiles kernels
 /// (on lavapipe, seconds each); the properties test this crate's arithmetic, which the CPU
 /// run covers in full.
@@ -101,10 +141,38 @@ proptest! {
         let device = Device::default();
         let bone = adapted(&c, &device);
         let before = weight(&bone.model);
-        match bone.merge().unmerge() {
+        let blocks: Vec<f32> = bone
+            .adapter_tensors(BoneFormat::Miss)
+            .unwrap()
+            .into_values()
+            .flat_map(values)
+            .collect();
+        let merged = bone.merge();
+        let merged_weight = weight(&merged.clone().into_model());
+        match merged.unmerge() {
             Ok(back) => {
-                let d = rel_diff(&weight(&back.model), &before);
-                prop_assert!(d <= 1e-4, "{c:?}: relative error {d}");
+                // Bat restores W = (W' − B)·(I + B)⁻¹ from the f32 merged weight W', whose
+                // rounding ‖(I + B)⁻¹‖ amplifies: a nearly singular tile cannot give W back to
+                // 1e-4. The bound scales with that norm (1e-5 ≫ f32's 6e-8 per rounding).
+                let amplification = match c.mode {
+                    BoneMode::Bat => {
+                        let w_max = merged_weight.iter().fold(1f64, |m, v| m.max(v.abs() as f64));
+                        max_inverse_norm(&blocks, c.r) * w_max
+                    }
+                    _ => 0.0,
+                };
+                let tolerance = 1e-4f64.max(1e-5 * amplification);
+                let restored = weight(&back.model);
+                let d = rel_diff(&restored, &before);
+                prop_assert!(
+                    f64::from(d) <= tolerance,
+                    "{c:?}: relative error {d} (bound {tolerance})"
+                );
+                // Merging the restored weight gives W' again (the backward error), at any
+                // conditioning.
+                let again = weight(&back.merge().into_model());
+                let d = rel_diff(&again, &merged_weight);
+                prop_assert!(d <= 1e-5, "{c:?}: merged again differs by {d}");
             }
             // A random bat block can be (nearly) singular; then unmerge must say so.
             Err(BoneError::Singular { .. }) => prop_assert!(matches!(c.mode, BoneMode::Bat)),
