@@ -556,7 +556,7 @@ pub fn softmax_backward_f32(output: FlexTensor, grad: FlexTensor) -> FlexTensor 
 
 /// `tensor` as a contiguous f32 tensor that owns its whole buffer, so that a kernel can write
 /// its result into it: the tensor itself when it already is one, else a copy.
-fn owned_contiguous_f32(tensor: FlexTensor) -> FlexTensor {
+pub(crate) fn owned_contiguous_f32(tensor: FlexTensor) -> FlexTensor {
     let tensor = tensor.into_contiguous();
     let n = tensor.layout().num_elements();
     if tensor.is_unique()
@@ -2180,7 +2180,7 @@ mod tests {
             flex_f32(w.clone(), &[d]),
             flex_f32(g.clone(), &[rows, d]),
         );
-        let f = |t: FlexTensor| t.into_data().to_vec::<f32>().unwrap();
+        let f = |t: FlexTensor| t.into_data().try_into_vec::<f32>().unwrap();
         let (y, xhat, rstd, dx, dw, db) = (f(y), f(xhat), f(rstd), f(dx), f(dw), f(db));
         let mut want_dw = vec![0.0f64; d];
         let mut want_db = vec![0.0f64; d];
