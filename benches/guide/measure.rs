@@ -12,6 +12,7 @@ use peft_core::{KeyMap, TargetModules};
 use peft_lora::{InjectOptions, LoraConfig, LoraModel};
 use peft_lorafa::LoraFaOptimizerConfig;
 use peft_models::{CausalLm, OptConfig, OptForCausalLm};
+use peft_train::FusedAdamW;
 use peft_train::step::{HEAD_CHUNK_ELEMENTS, head_loss_backward};
 use serde_json::{Value, json};
 
@@ -242,12 +243,16 @@ fn build(base: &OptForCausalLm, config: &OptConfig, method: Method) -> (Adapted,
     }
 }
 
+/// The optimizer each row trains with: LoRA-FA's own; burn's `AdamW` for burn's `apply_lora`
+/// (what a burn user gets); for every other row `peft train`'s (`FusedAdamW`), with
+/// `torch.optim.AdamW`'s defaults as the PyTorch side uses them (weight decay 0.01, ε 1e-8).
 fn optimizer(method: Method, adapted: &Adapted) -> ModuleOptimizer {
     match (method, adapted) {
         (Method::LoraFaQv, Adapted::Lora(l)) => LoraFaOptimizerConfig::new()
             .init(l)
             .expect("LoRA-FA optimizer"),
-        _ => AdamWConfig::new().init(),
+        (Method::BurnLora, _) => AdamWConfig::new().init(),
+        _ => FusedAdamW::new(0.01).init(),
     }
 }
 

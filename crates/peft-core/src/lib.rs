@@ -18,6 +18,7 @@ pub mod io;
 pub mod keymap;
 pub mod method;
 pub mod nn;
+pub mod optim;
 pub mod params;
 pub mod paths;
 pub mod require_grad;

@@ -5,6 +5,7 @@
 //! [`TrainStep`](burn_train::TrainStep), with adapter-only checkpoints that resume exactly.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod adamw;
 pub mod batch;
 pub mod chat;
 pub mod clip;
@@ -18,6 +19,7 @@ pub mod schedule;
 pub mod step;
 pub mod tokenizer;
 
+pub use adamw::FusedAdamW;
 pub use error::{Result, TrainError};
 pub mod checkpoint;
 pub mod trainer;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsAccumulator, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, ModuleOptimizer};
 use burn::tensor::Device;
 use burn_optim::lr_scheduler::LrScheduler;
 use burn_train::{InferenceStep, TrainOutput, TrainStep};
@@ -16,6 +16,7 @@ use peft_core::method::Adapted;
 use peft_models::CausalLm;
 use serde_json::{Value, json};
 
+use crate::adamw::FusedAdamW;
 use crate::batch::{Order, TokenBatch, label_count};
 use crate::checkpoint::{
     OPTIMIZER_NAME, STATE_NAME, TrainerState, checkpoint_dir, param_ids, restore_param_ids,
@@ -124,14 +125,10 @@ impl TrainSettings {
     }
 
     /// AdamW as PyTorch's `torch.optim.AdamW` computes it (betas 0.9/0.999, eps 1e-8,
-    /// decoupled weight decay `p ← p·(1 − lr·wd)` before the Adam step).
+    /// decoupled weight decay `p ← p·(1 − lr·wd)` before the Adam step), each parameter's
+    /// update one operation ([`FusedAdamW`]).
     pub fn adamw(&self) -> ModuleOptimizer {
-        AdamWConfig::new()
-            .with_beta_1(0.9)
-            .with_beta_2(0.999)
-            .with_epsilon(1e-8)
-            .with_weight_decay(self.weight_decay as f32)
-            .init()
+        FusedAdamW::new(self.weight_decay as f32).init()
     }
 }
 
