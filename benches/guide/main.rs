@@ -29,7 +29,6 @@ mod report;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use measure::{Method, Row, Samples, Settings};
@@ -282,25 +281,13 @@ impl Torch {
     }
 }
 
-/// Initializes every float parameter it visits (reading a lazy parameter initializes it).
-struct InitializeParams;
-
-impl burn::module::ModuleVisitor for InitializeParams {
-    fn visit_float<const D: usize>(
-        &mut self,
-        param: &burn::module::Param<burn::tensor::Tensor<D>>,
-    ) {
-        let _ = param.val();
-    }
-}
-
 /// One row per method, all sharing one set of random weights built on `device`.
 fn build_rows(config: &OptConfig, methods: &[Method], device: &Device) -> Vec<Row> {
     let base = config.init(device).expect("valid OPT config");
     // The parameters are lazy, and clones share the pending initialization with its gradient
     // flag (burn's `Param::set_require_grad`): without initializing them here, the frozen row's
     // `no_grad()` froze the full fine-tuning row's weights too.
-    base.visit(&mut InitializeParams);
+    measure::initialize_params(&base);
     methods
         .iter()
         .map(|&m| Row::new(&base, config, m))
@@ -530,7 +517,7 @@ fn publish(meta: &Value, out: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::module::{ModuleVisitor, Param};
+    use burn::module::{Module, ModuleVisitor, Param};
     use burn::tensor::Tensor;
 
     /// Counts the float parameters, and those that require a gradient.
@@ -553,9 +540,8 @@ mod tests {
         count
     }
 
-    #[test]
-    fn the_full_row_trains_every_weight_although_the_frozen_row_is_built_first() {
-        let config = OptConfig {
+    fn tiny_config() -> OptConfig {
+        OptConfig {
             vocab_size: 64,
             hidden_size: 16,
             ffn_dim: 32,
@@ -564,7 +550,39 @@ mod tests {
             max_position_embeddings: 32,
             word_embed_proj_dim: Some(16),
             ..OptConfig::opt_125m()
-        };
+        }
+    }
+
+    /// Counts the float parameters whose value is not made yet.
+    #[derive(Default)]
+    struct Lazy(usize);
+
+    impl ModuleVisitor for Lazy {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0 += usize::from(!param.is_initialized());
+        }
+    }
+
+    #[test]
+    fn a_memory_row_has_every_weight_made_before_its_first_step() {
+        let config = tiny_config();
+        let device = Device::default().autodiff();
+        let mut lazy = Lazy::default();
+        config.init(&device).unwrap().visit(&mut lazy);
+        assert!(lazy.0 > 0, "burn's layers no longer make lazy weights");
+        for method in [Method::FrozenBase, Method::Full, Method::LoraQv] {
+            let mut lazy = Lazy::default();
+            measure::memory_row(&config, method, &device)
+                .model()
+                .visit(&mut lazy);
+            assert_eq!(lazy.0, 0, "{method:?}: weights left to the first step");
+        }
+        device.sync().unwrap();
+    }
+
+    #[test]
+    fn the_full_row_trains_every_weight_although_the_frozen_row_is_built_first() {
+        let config = tiny_config();
         let device = Device::default().autodiff();
         let rows = build_rows(&config, &[Method::FrozenBase, Method::Full], &device);
         let (frozen, full) = (tracked(&rows[0]), tracked(&rows[1]));

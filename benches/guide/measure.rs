@@ -457,6 +457,20 @@ pub fn put_samples(row: &mut Value, samples: &Samples) {
     }
 }
 
+/// Makes every lazy float parameter of `model` (burn's layers create them lazily: the value is
+/// made on first use).
+pub fn initialize_params<M: Module>(model: &M) {
+    struct InitializeParams;
+
+    impl burn::module::ModuleVisitor for InitializeParams {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+
+    model.visit(&mut InitializeParams);
+}
+
 /// Resident set size of this process now (`/proc/self/statm`), in bytes.
 pub fn rss_bytes() -> u64 {
     let pages = std::fs::read_to_string("/proc/self/statm")
@@ -482,14 +496,21 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// The one row a memory process holds, its weights made before anything is measured, as
+/// PyTorch's side makes them: a lazy weight is made on first use, so the frozen and full rows
+/// (which no injection visits) would otherwise count the whole model in their first step's growth.
+pub fn memory_row(config: &OptConfig, method: Method, device: &Device) -> Row {
+    let base = config.init(device).expect("valid OPT config");
+    initialize_params(&base);
+    Row::new(&base, config, method)
+}
+
 /// The memory a training step takes, measured as PyTorch's side measures it (`pytorch.py
 /// --memory`): in a process that holds only this row, the growth of the peak resident set over
 /// the resident set before the first step, over one warm-up and one more step.
 pub fn peak_rss_growth(config: &OptConfig, method: Method, s: &Settings) -> u64 {
     let device = Device::default().autodiff();
-    let base = config.init(&device).expect("valid OPT config");
-    let mut row = Row::new(&base, config, method);
-    drop(base);
+    let mut row = memory_row(config, method, &device);
     let input = ids(s.batch, s.seq, config.vocab_size, &device);
     // Model building's freed temporaries go back to the kernel first (`peft` keeps freed
     // memory), so that the growth counts what the steps need, not what they reuse.
