@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! guide [--models 125m,350m,1.3b] [--quick] [--methods frozen,lora-qv,..] [--batch B] [--seq S]
-//!       [--steps N] [--reps N] [--vs-pytorch] [--python PY] [--out docs]
+//!       [--steps N] [--reps N] [--rows-per-group N|all] [--vs-pytorch] [--python PY] [--out docs]
 //! guide --from-json docs/method_comparison/results.json [--out docs]   # re-render only
 //! guide --memory --models M --methods K [--batch B] [--seq S]   # one row's step memory
 //! ```
@@ -19,8 +19,12 @@
 //! same way. Each figure is a median with its min–max over the rounds, and a ratio of two rows is
 //! taken round by round, so that the machine's drifting load touches both sides of it alike. With
 //! `--vs-pytorch` the same rows run in HF PEFT in a persistent worker (`pytorch.py --worker`),
-//! each PyTorch step right after ours in the same round. It prints tables, writes
-//! `results.json`, SVG charts and the measured sections of `docs/method_comparison*.md`.
+//! each PyTorch step right after ours in the same round. A model too large for every row at once
+//! (OPT-1.3b by default, or any with `--rows-per-group N`) runs its rows in groups: the frozen
+//! base and LoRA q,v, which the other rows are compared with, and at most N others, one group
+//! (and one PyTorch worker) after another; a row's ratios to those two are taken within its group.
+//! It prints tables, writes `results.json`, SVG charts and the measured sections of
+//! `docs/method_comparison*.md`.
 
 mod measure;
 mod pytorch;
@@ -33,7 +37,7 @@ use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use measure::{Method, Row, Samples, Settings};
 use peak_alloc::PeakAlloc;
-use peft_models::OptConfig;
+use peft_models::{OptConfig, OptForCausalLm};
 use serde_json::{Value, json};
 
 /// Every heap allocation is counted: the peak-memory figures are read from it.
@@ -79,7 +83,7 @@ const USAGE: &str = "\
 guide: the method comparison guide (`cargo xtask bench`), measured
 
 guide [--models 125m,350m,1.3b] [--quick] [--methods frozen,lora-qv,..] [--batch B] [--seq S]
-      [--steps N] [--reps N] [--vs-pytorch] [--python PY] [--out docs]
+      [--steps N] [--reps N] [--rows-per-group N|all] [--vs-pytorch] [--python PY] [--out docs]
 guide --from-json docs/method_comparison/results.json [--out docs]   # re-render only
 guide --memory --models M --methods K [--batch B] [--seq S]   # one row's step memory
 
@@ -179,6 +183,11 @@ fn main() {
         settings.seq = num("--seq").unwrap_or(settings.seq);
         settings.steps = num("--steps").unwrap_or(settings.steps).max(1);
         settings.reps = num("--reps").unwrap_or(settings.reps).max(1);
+        match get("--rows-per-group").as_deref() {
+            None => {}
+            Some("all") => settings.rows_per_group = None,
+            Some(_) => settings.rows_per_group = num("--rows-per-group").map(|n| n.max(1)),
+        }
         let rows = run_model(
             name,
             &config,
@@ -190,7 +199,7 @@ fn main() {
         all.insert(
             name.to_string(),
             json!({
-                "settings": {"batch": settings.batch, "seq": settings.seq, "timed_steps": settings.steps, "reps": settings.reps},
+                "settings": {"batch": settings.batch, "seq": settings.seq, "timed_steps": settings.steps, "reps": settings.reps, "rows_per_group": settings.rows_per_group},
                 "rows": rows,
             }),
         );
@@ -229,7 +238,7 @@ fn opt_config(name: &str) -> OptConfig {
     }
 }
 
-/// PyTorch's side of one model: the worker and each row's samples, or why there is none.
+/// PyTorch's side of one group of rows: the worker and each row's samples, or why there is none.
 struct Torch {
     worker: Option<pytorch::Worker>,
     setup: Value,
@@ -281,21 +290,48 @@ impl Torch {
     }
 }
 
-/// One row per method, all sharing one set of random weights built on `device`.
-fn build_rows(config: &OptConfig, methods: &[Method], device: &Device) -> Vec<Row> {
+/// The model every row of one model's run shares, every weight made.
+fn base_model(config: &OptConfig, device: &Device) -> OptForCausalLm {
     let base = config.init(device).expect("valid OPT config");
     // The parameters are lazy, and clones share the pending initialization with its gradient
     // flag (burn's `Param::set_require_grad`): without initializing them here, the frozen row's
     // `no_grad()` froze the full fine-tuning row's weights too.
     measure::initialize_params(&base);
-    methods
-        .iter()
-        .map(|&m| Row::new(&base, config, m))
-        .collect()
+    base
 }
 
-/// Measures every row of one model in rounds (ours, then PyTorch's, row by row), then each
-/// row's step memory in a process of its own; returns the rows' JSON objects.
+/// One row per method, all sharing `base`'s weights.
+fn build_rows(base: &OptForCausalLm, config: &OptConfig, methods: &[Method]) -> Vec<Row> {
+    methods.iter().map(|&m| Row::new(base, config, m)).collect()
+}
+
+/// The rows every other row is compared with, in every group of a run in groups.
+const ANCHORS: [Method; 2] = [Method::FrozenBase, Method::LoraQv];
+
+/// The rows measured in the same rounds: all of `runs` at once, or with `per_group`, the
+/// frozen base and LoRA q,v (the rows the others are compared with) and at most `per_group`
+/// others in each group, so that a model too large for every row at once still runs.
+fn row_groups(runs: &[Method], per_group: Option<usize>) -> Vec<Vec<Method>> {
+    let (anchors, others): (Vec<Method>, Vec<Method>) =
+        runs.iter().copied().partition(|m| ANCHORS.contains(m));
+    match per_group {
+        Some(n) if others.len() > n => others
+            .chunks(n.max(1))
+            .map(|chunk| {
+                let mut group: Vec<Method> = anchors.iter().chain(chunk).copied().collect();
+                group.sort_by_key(|m| Method::ALL.iter().position(|x| x == m));
+                group
+            })
+            .collect(),
+        _ => vec![runs.to_vec()],
+    }
+}
+
+/// Measures every row of one model in rounds (ours, then PyTorch's, row by row), a group of
+/// rows at a time (see [`row_groups`]), then each row's step memory in a process of its own;
+/// returns the rows' JSON objects. A row measured in a later group than the first carries the
+/// anchors of its own group under `same_rounds`, so that its ratios to them are taken round by
+/// round.
 fn run_model(
     name: &str,
     config: &OptConfig,
@@ -310,17 +346,110 @@ fn run_model(
         .copied()
         .partition(|&m| skip_reason(m, params).is_none());
     let device = Device::default().autodiff();
-    let plain = Device::default();
-    let mut rows = build_rows(config, &runs, &device);
-    let mut torch = python.map(|py| Torch::start(py, config, &runs, s, threads));
-    let per_row = (s.steps + 1 + s.reps + 1 + 1) as u64;
-    let bar = ProgressBar::new(per_row * rows.len() as u64);
+    let base = base_model(config, &device);
+    let groups = row_groups(&runs, s.rows_per_group);
+    let per_row = (s.steps + 1 + s.reps + 1) as u64;
+    let measured: usize = groups.iter().map(Vec::len).sum();
+    let bar = ProgressBar::new(per_row * measured as u64 + runs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("OPT-{prefix} {bar:25} {pos}/{len} {msg}").expect("template"),
     );
     bar.set_prefix(name.to_string());
+    let mut out: Vec<Value> = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        let label = if groups.len() > 1 {
+            format!("group {} of {}, ", g + 1, groups.len())
+        } else {
+            String::new()
+        };
+        let rows = run_group(&base, config, group, s, python, threads, &bar, &label);
+        add_group(&mut out, rows, g, groups.len());
+    }
+    drop(base);
+    // Memory: each row alone in a fresh process, both sides measured the same way.
+    for row in &mut out {
+        let key = row["key"].as_str().unwrap_or("").to_string();
+        bar.set_message(format!("{key}: memory"));
+        let method = methods.iter().copied().find(|m| m.key() == key);
+        if let Some(method) = method {
+            match own_memory(name, method, s) {
+                Ok(b) => row["peak_rss_growth_bytes"] = json!(b),
+                Err(e) => eprintln!("guide: {key}: {e}"),
+            }
+            let p = &mut row["pytorch"];
+            if let Some(py) = python
+                && p.is_object()
+                && p.get("skipped").is_none()
+            {
+                match pytorch::memory(py, config, method, s, threads) {
+                    Ok(b) => p["peak_rss_growth_bytes"] = json!(b),
+                    Err(e) => eprintln!("guide: {key} (PyTorch): {e}"),
+                }
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    for m in skipped {
+        let why = skip_reason(m, params).unwrap_or_default();
+        out.push(json!({"key": m.key(), "method": m.label(), "skipped": why}));
+    }
+    // Table order.
+    out.sort_by_key(|r| Method::ALL.iter().position(|m| r["key"] == m.key()));
+    out
+}
+
+/// Adds the rows of group `g` (from 0) of `groups` to `out`. The frozen base and LoRA q,v come
+/// from the first group; a later group's other rows carry that group's frozen base and LoRA q,v
+/// (without PyTorch's figures) under `same_rounds`, and every row of a run in groups its group
+/// (from 1) under `group`.
+fn add_group(out: &mut Vec<Value>, rows: Vec<Value>, g: usize, groups: usize) {
+    let is_anchor = |r: &Value| ANCHORS.iter().any(|m| r["key"] == m.key());
+    let anchors: serde_json::Map<String, Value> = rows
+        .iter()
+        .filter(|r| is_anchor(r))
+        .map(|r| {
+            let mut a = r.clone();
+            if let Some(a) = a.as_object_mut() {
+                a.remove("pytorch");
+            }
+            (r["key"].as_str().unwrap_or("?").to_string(), a)
+        })
+        .collect();
+    for mut r in rows {
+        if g > 0 && is_anchor(&r) {
+            continue;
+        }
+        if groups > 1 {
+            r["group"] = json!(g + 1);
+        }
+        if g > 0 {
+            r["same_rounds"] = Value::Object(anchors.clone());
+        }
+        out.push(r);
+    }
+}
+
+/// Measures one group of rows in rounds, with PyTorch's (a worker of its own) beside them;
+/// returns the rows' JSON objects, PyTorch's timings under `pytorch`. Every row of the group
+/// and the worker are dropped before it returns.
+#[allow(clippy::too_many_arguments)]
+fn run_group(
+    base: &OptForCausalLm,
+    config: &OptConfig,
+    methods: &[Method],
+    s: &Settings,
+    python: Option<&str>,
+    threads: usize,
+    bar: &ProgressBar,
+    label: &str,
+) -> Vec<Value> {
+    let device = Device::default().autodiff();
+    let plain = Device::default();
+    let mut rows = build_rows(base, config, methods);
+    let mut torch = python.map(|py| Torch::start(py, config, methods, s, threads));
     for round in 0..=s.steps {
-        bar.set_message(format!("training round {round} of {}", s.steps));
+        bar.set_message(format!("{label}training round {round} of {}", s.steps));
         let input = measure::ids(s.batch, s.seq, config.vocab_size, &device);
         for row in &mut rows {
             row.train_step(&input, round > 0);
@@ -338,7 +467,7 @@ fn run_model(
         row.finish_training();
     }
     for round in 0..=s.reps {
-        bar.set_message(format!("inference round {round} of {}", s.reps));
+        bar.set_message(format!("{label}inference round {round} of {}", s.reps));
         let prompt = measure::ids(1, s.seq, config.vocab_size, &plain);
         let token = measure::ids(1, 1, config.vocab_size, &plain);
         // A merged adapter is the base architecture: PyTorch's merged figures are the base's.
@@ -359,48 +488,19 @@ fn run_model(
             bar.inc(1);
         }
     }
-    let mut out: Vec<Value> = rows.iter().map(|r| r.json(s)).collect();
-    drop(rows);
-    let torch = torch.map(|mut t| {
-        t.worker = None;
-        t
-    });
-    // Memory: each row alone in a fresh process, both sides measured the same way.
-    for row in &mut out {
-        let key = row["key"].as_str().unwrap_or("").to_string();
-        bar.set_message(format!("{key}: memory"));
-        let method = methods.iter().copied().find(|m| m.key() == key);
-        if let Some(method) = method {
-            match own_memory(name, method, s) {
-                Ok(b) => row["peak_rss_growth_bytes"] = json!(b),
-                Err(e) => eprintln!("guide: {key}: {e}"),
+    rows.iter()
+        .map(|r| {
+            let mut v = r.json(s);
+            if let Some(t) = &torch {
+                v["pytorch"] = pytorch_times(t, r.method.key(), s);
             }
-            if let (Some(t), Some(py)) = (&torch, python) {
-                row["pytorch"] = pytorch_row(t, &key, py, config, method, s, threads);
-            }
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    for m in skipped {
-        let why = skip_reason(m, params).unwrap_or_default();
-        out.push(json!({"key": m.key(), "method": m.label(), "skipped": why}));
-    }
-    // Table order.
-    out.sort_by_key(|r| Method::ALL.iter().position(|m| r["key"] == m.key()));
-    out
+            v
+        })
+        .collect()
 }
 
-/// PyTorch's figures of row `key`: medians, spreads and samples, and its step memory.
-fn pytorch_row(
-    t: &Torch,
-    key: &str,
-    python: &str,
-    config: &OptConfig,
-    method: Method,
-    s: &Settings,
-    threads: usize,
-) -> Value {
+/// PyTorch's timings of row `key`: medians, spreads and samples, or why there are none.
+fn pytorch_times(t: &Torch, key: &str, s: &Settings) -> Value {
     let info = &t.setup["rows"][key];
     if let Some(why) = t.failed.as_ref() {
         return json!({"skipped": why});
@@ -413,10 +513,6 @@ fn pytorch_row(
     let samples = t.samples.get(key).cloned().unwrap_or_default();
     measure::put_samples(&mut p, &samples);
     p["tokens_per_s"] = json!((s.batch * s.seq) as f64 / p["step_s"].as_f64().unwrap_or(f64::NAN));
-    match pytorch::memory(python, config, method, s, threads) {
-        Ok(b) => p["peak_rss_growth_bytes"] = json!(b),
-        Err(e) => eprintln!("guide: {key} (PyTorch): {e}"),
-    }
     p
 }
 
@@ -584,7 +680,8 @@ mod tests {
     fn the_full_row_trains_every_weight_although_the_frozen_row_is_built_first() {
         let config = tiny_config();
         let device = Device::default().autodiff();
-        let rows = build_rows(&config, &[Method::FrozenBase, Method::Full], &device);
+        let base = base_model(&config, &device);
+        let rows = build_rows(&base, &config, &[Method::FrozenBase, Method::Full]);
         let (frozen, full) = (tracked(&rows[0]), tracked(&rows[1]));
         assert!(full.all > 0);
         assert_eq!(
@@ -596,5 +693,70 @@ mod tests {
         // being compiled by its LLVM thread while `exit` runs LLVM's destructors crashes the
         // process after every test has passed (seen about once in 15 runs).
         device.sync().unwrap();
+    }
+
+    #[test]
+    fn groups_hold_the_frozen_base_and_lora_and_at_most_n_others() {
+        use Method::*;
+        let runs = [
+            FrozenBase,
+            LoraQv,
+            LoraAll,
+            LoraFaQv,
+            DoraQv,
+            BoneDefault,
+            BurnLora,
+        ];
+        assert_eq!(row_groups(&runs, None), vec![runs.to_vec()]);
+        assert_eq!(row_groups(&runs, Some(5)), vec![runs.to_vec()]);
+        assert_eq!(
+            row_groups(&runs, Some(2)),
+            vec![
+                vec![FrozenBase, LoraQv, LoraAll, LoraFaQv],
+                vec![FrozenBase, LoraQv, DoraQv, BoneDefault],
+                vec![FrozenBase, LoraQv, BurnLora],
+            ]
+        );
+        // Without LoRA q,v the frozen base is the one row every group shares.
+        assert_eq!(
+            row_groups(&[BoneBat, FrozenBase, Full], Some(1)),
+            vec![vec![FrozenBase, BoneBat], vec![FrozenBase, Full]]
+        );
+    }
+
+    #[test]
+    fn a_later_group_keeps_its_own_frozen_base_and_lora_beside_its_rows() {
+        let row = |key: &str, t: f64| json!({"key": key, "step_s": t, "pytorch": {"step_s": t}});
+        let mut out = Vec::new();
+        add_group(
+            &mut out,
+            vec![
+                row("frozen", 1.0),
+                row("lora-qv", 1.1),
+                row("lora-all", 1.3),
+            ],
+            0,
+            2,
+        );
+        add_group(
+            &mut out,
+            vec![row("frozen", 2.0), row("lora-qv", 2.2), row("bone", 2.4)],
+            1,
+            2,
+        );
+        let keys: Vec<_> = out.iter().map(|r| r["key"].as_str().unwrap()).collect();
+        assert_eq!(keys, ["frozen", "lora-qv", "lora-all", "bone"]);
+        assert_eq!(
+            out[0]["step_s"], 1.0,
+            "the first group's frozen base is the table's"
+        );
+        assert_eq!(out[2]["group"], 1);
+        assert!(out[2].get("same_rounds").is_none());
+        let bone = &out[3];
+        assert_eq!(bone["group"], 2);
+        assert_eq!(bone["same_rounds"]["frozen"]["step_s"], 2.0);
+        assert_eq!(bone["same_rounds"]["lora-qv"]["step_s"], 2.2);
+        assert!(bone["same_rounds"]["frozen"].get("pytorch").is_none());
+        assert_eq!(bone["pytorch"]["step_s"], 2.4);
     }
 }

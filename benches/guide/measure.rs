@@ -100,13 +100,17 @@ pub struct Settings {
     pub steps: usize,
     /// Timed inference repetitions per row (after one warm-up), one per round.
     pub reps: usize,
+    /// At most this many rows besides the frozen base and LoRA q,v in the same rounds (`None`:
+    /// every row at once); each group has its own rows and PyTorch worker, one group at a time.
+    pub rows_per_group: Option<usize>,
 }
 
 impl Settings {
     /// The default settings for a model (`125m`, `350m`, `1.3b`), or the quick ones.
     ///
     /// Five timed rounds (the fewest that give a median with a spread); OPT-1.3b trains one
-    /// sequence per step.
+    /// sequence per step and runs its rows two at a time beside the frozen base and LoRA q,v
+    /// (every row's model with PyTorch's worker beside it would not fit 23 GiB).
     pub fn for_model(name: &str, quick: bool) -> Self {
         match (quick, name) {
             (true, _) => Self {
@@ -114,18 +118,21 @@ impl Settings {
                 seq: 64,
                 steps: 3,
                 reps: 3,
+                rows_per_group: None,
             },
             (false, "1.3b") => Self {
                 batch: 1,
                 seq: 256,
                 steps: 5,
                 reps: 5,
+                rows_per_group: Some(2),
             },
             (false, _) => Self {
                 batch: 4,
                 seq: 256,
                 steps: 5,
                 reps: 5,
+                rows_per_group: None,
             },
         }
     }

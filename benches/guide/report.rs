@@ -30,6 +30,20 @@ fn row<'a>(rows: &'a [Value], key: &str) -> Option<&'a Value> {
         .find(|r| r["key"] == key && r.get("skipped").is_none())
 }
 
+/// Rows `k1` and `k2` as measured in the same rounds: a row measured in a later group than the
+/// first carries its group's frozen base and LoRA q,v under `same_rounds` (see the guide's
+/// `run_model`), which stand in for the table's rows of those keys.
+fn same_rounds<'a>(rows: &'a [Value], k1: &str, k2: &str) -> Option<(&'a Value, &'a Value)> {
+    let (a, b) = (row(rows, k1)?, row(rows, k2)?);
+    Some(if let Some(x) = a["same_rounds"].get(k2) {
+        (a, x)
+    } else if let Some(x) = b["same_rounds"].get(k1) {
+        (x, b)
+    } else {
+        (a, b)
+    })
+}
+
 /// The samples of `field` in a row (one per round), or its single figure in results written
 /// before the guide kept samples.
 fn samples(r: &Value, field: &str) -> Vec<f64> {
@@ -79,10 +93,10 @@ fn ratio_spread(s: Spread) -> String {
 /// The measured table of one model (Markdown), step ratios against the frozen base and LoRA q,v
 /// taken round by round.
 pub fn table(rows: &[Value]) -> String {
-    let (frozen, lora) = (row(rows, "frozen"), row(rows, "lora-qv"));
-    let vs = |r: &Value, other: Option<&Value>| {
-        other.map_or("—".into(), |o| {
-            ratio_spread(paired(r, "step_s", o, "step_s"))
+    let vs = |r: &Value, other: &str| {
+        let key = r["key"].as_str().unwrap_or("?");
+        same_rounds(rows, key, other).map_or("—".into(), |(a, b)| {
+            ratio_spread(paired(a, "step_s", b, "step_s"))
         })
     };
     let mut t = String::from(
@@ -102,8 +116,8 @@ pub fn table(rows: &[Value]) -> String {
             mib(f(r, "file_bytes")),
             ms_spread(r, "step_s"),
             f(r, "tokens_per_s"),
-            vs(r, frozen),
-            vs(r, lora),
+            vs(r, "frozen"),
+            vs(r, "lora-qv"),
             mib(f(r, "peak_heap_bytes")),
             mib(f(r, "peak_step_bytes")),
             mib(f(r, "peak_rss_growth_bytes")),
@@ -196,9 +210,8 @@ pub fn targets(rows: &[Value]) -> String {
         min: f64::NAN,
         max: f64::NAN,
     };
-    let ratio = |k1: &str, f1: &str, k2: &str, f2: &str| match (row(rows, k1), row(rows, k2)) {
-        (Some(a), Some(b)) => paired(a, f1, b, f2),
-        _ => nan,
+    let ratio = |k1: &str, f1: &str, k2: &str, f2: &str| {
+        same_rounds(rows, k1, k2).map_or(nan, |(a, b)| paired(a, f1, b, f2))
     };
     let vs_torch = |key: &str, field: &str| {
         row(rows, key)
@@ -469,6 +482,43 @@ mod tests {
         assert!(
             t.contains("| Bone default step / LoRA q,v step ≤ 1.10 | 0.83 (0.80–0.86) | met |"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn a_row_of_a_later_group_is_compared_with_the_rows_of_its_own_rounds() {
+        let rows = vec![
+            json!({"key": "frozen", "samples": {"step_s": [1.0, 1.0, 1.0]}}),
+            json!({"key": "lora-qv", "samples": {"step_s": [1.1, 1.1, 1.1],
+                   "prompt_unmerged_s": [1.0, 1.0, 1.0]}}),
+            // Measured in a slower group: 1.1–1.2 of that group's LoRA q,v.
+            json!({"key": "bone", "samples": {"step_s": [2.2, 2.4, 2.2]}, "group": 2,
+                   "same_rounds": {
+                       "frozen": {"key": "frozen", "samples": {"step_s": [2.0, 2.0, 2.0]}},
+                       "lora-qv": {"key": "lora-qv", "samples": {"step_s": [2.0, 2.0, 2.0],
+                                   "prompt_unmerged_s": [2.0, 2.0, 2.0]}}}}),
+            json!({"key": "burn-lora", "samples": {"prompt_unmerged_s": [2.5, 2.5, 2.5]},
+                   "same_rounds": {
+                       "lora-qv": {"key": "lora-qv", "samples": {"prompt_unmerged_s": [2.0, 2.0, 2.0]}}}}),
+        ];
+        let t = targets(&rows);
+        assert!(
+            t.contains(
+                "| Bone default step / LoRA q,v step ≤ 1.10 | 1.10 (1.10–1.20) | within noise |"
+            ),
+            "{t}"
+        );
+        // LoRA q,v's row is the first group's; burn's row brings its own group's LoRA q,v.
+        assert!(
+            t.contains(
+                "| unmerged LoRA prompt / burn apply_lora unmerged prompt ≤ 1.0 | 0.80 | met |"
+            ),
+            "{t}"
+        );
+        let table = table(&rows);
+        assert!(
+            table.contains("| 1.10× (1.10–1.20) | 1.10× (1.10–1.20) |"),
+            "{table}"
         );
     }
 }
