@@ -366,6 +366,8 @@ fn run_model(
         add_group(&mut out, rows, g, groups.len());
     }
     drop(base);
+    // What the groups freed goes back to the kernel, so that the memory processes below have it.
+    peft_train::memory::release_freed_memory();
     // Memory: each row alone in a fresh process, both sides measured the same way.
     for row in &mut out {
         let key = row["key"].as_str().unwrap_or("").to_string();
@@ -545,10 +547,15 @@ fn publish(meta: &Value, out: &Path) {
     for (name, model) in models {
         let rows = model["rows"].as_array().cloned().unwrap_or_default();
         let st = &model["settings"];
-        let heading = format!(
+        let mut heading = format!(
             "OPT-{name} (random weights), batch {} × seq {}, {} timed steps, {} inference repetitions",
             st["batch"], st["seq"], st["timed_steps"], st["reps"]
         );
+        if let Some(n) = st["rows_per_group"].as_u64() {
+            heading.push_str(&format!(
+                "; rows in groups (the frozen base and LoRA q,v with at most {n} other rows in the same rounds, one group after another, each with a PyTorch worker of its own): a row's ratios to those two are taken within its group, and their own figures are the first group's"
+            ));
+        }
         let table = report::table(&rows);
         let targets = report::targets(&rows);
         println!("\n{heading}\n{table}\n{targets}");

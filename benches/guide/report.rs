@@ -103,7 +103,10 @@ pub fn table(rows: &[Value]) -> String {
         "| method | trainable params | % | adapter file | train step, median (min–max ms) | tokens/s | step / frozen base | step / LoRA q,v | peak heap in step (growth over pre-step heap) | step peak RSS growth | prompt unmerged → merged | 1 token unmerged → merged |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
-        let method = r["method"].as_str().unwrap_or("?");
+        let mut method = r["method"].as_str().unwrap_or("?").to_string();
+        if let Some(g) = r["group"].as_u64() {
+            let _ = write!(method, " (group {g})");
+        }
         if let Some(why) = r["skipped"].as_str() {
             let _ = writeln!(t, "| {method} | skipped: {why} |||||||||||");
             continue;
