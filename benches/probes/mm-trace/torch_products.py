@@ -3,7 +3,7 @@
     python3 torch_products.py 350m lora-qv
 
 The row is the guide's own (benches/guide/pytorch.py: OPT with transformers' random weights,
-batch 4 × 256, AdamW), two threads; two warm-up steps, three timed, then one profiled step.
+batch 4 × 256, or 1 × 256 on 1.3b, as the guide runs them; AdamW), two threads; two warm-up steps, three timed, then one profiled step.
 """
 import collections
 import pathlib
@@ -16,12 +16,17 @@ from pytorch import Row  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from transformers import OPTConfig, OPTForCausalLM  # noqa: E402
 
-SIZES = {"125m": (768, 12, 12, 768, True), "350m": (1024, 24, 16, 512, False)}
+# hidden, layers, heads, projection, pre-norm, batch (the guide's settings)
+SIZES = {
+    "125m": (768, 12, 12, 768, True, 4),
+    "350m": (1024, 24, 16, 512, False, 4),
+    "1.3b": (2048, 24, 32, 2048, True, 1),
+}
 PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
 def main(size, method):
-    hidden, layers, heads, proj, pre_ln = SIZES[size]
+    hidden, layers, heads, proj, pre_ln, batch = SIZES[size]
     config = OPTConfig(vocab_size=50272, hidden_size=hidden, ffn_dim=4 * hidden,
                        num_hidden_layers=layers, num_attention_heads=heads,
                        max_position_embeddings=2048, word_embed_proj_dim=proj,
@@ -29,7 +34,7 @@ def main(size, method):
                        dropout=0.0, attention_dropout=0.0)
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    row = Row(OPTForCausalLM(config).float(), config, method, 4, 256)
+    row = Row(OPTForCausalLM(config).float(), config, method, batch, 256)
     for _ in range(2):
         row.step()
     print("step s", sorted(row.step() for _ in range(3)))
