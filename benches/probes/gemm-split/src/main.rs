@@ -11,6 +11,8 @@ struct S {
     k: usize,
     n: usize,
     rhs_t: bool,
+    /// The left-hand side read transposed (`xᵀ·g`, a weight gradient).
+    lhs_t: bool,
 }
 #[derive(Clone, Copy)]
 struct P(*mut f32);
@@ -27,6 +29,7 @@ unsafe fn call(
     dst: *mut f32,
     dst_rs: isize,
     lhs: *const f32,
+    lhs_cs: isize,
     lhs_rs: isize,
     rhs: *const f32,
     rhs_cs: isize,
@@ -35,8 +38,8 @@ unsafe fn call(
 ) {
     unsafe {
         gemm::gemm(
-            m, n, k, dst, 1, dst_rs, false, lhs, 1, lhs_rs, rhs, rhs_cs, rhs_rs, 0.0f32, 1.0f32,
-            false, false, false, par,
+            m, n, k, dst, 1, dst_rs, false, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 0.0f32,
+            1.0f32, false, false, false, par,
         )
     }
 }
@@ -45,6 +48,11 @@ fn run(s: &S, a: &[f32], b: &[f32], c: &mut [f32], split: usize) {
         (s.k as isize, 1)
     } else {
         (1, s.n as isize)
+    };
+    let (lhs_cs, lhs_rs) = if s.lhs_t {
+        (s.m as isize, 1)
+    } else {
+        (1, s.k as isize)
     };
     if split == 0 {
         unsafe {
@@ -55,7 +63,8 @@ fn run(s: &S, a: &[f32], b: &[f32], c: &mut [f32], split: usize) {
                 c.as_mut_ptr(),
                 s.n as isize,
                 a.as_ptr(),
-                s.k as isize,
+                lhs_cs,
+                lhs_rs,
                 b.as_ptr(),
                 rhs_cs,
                 rhs_rs,
@@ -64,7 +73,13 @@ fn run(s: &S, a: &[f32], b: &[f32], c: &mut [f32], split: usize) {
         }
         return;
     }
-    let parts = split;
+    // 102: two tasks, each gemm with `Rayon(1)` (one thread, but all tokens in one panel).
+    let parts = split % 100;
+    let par = if split > 100 {
+        gemm::Parallelism::Rayon(1)
+    } else {
+        gemm::Parallelism::None
+    };
     let cols = (s.n + parts - 1) / parts;
     let (cp, ap, bp) = (P(c.as_mut_ptr()), C(a.as_ptr()), C(b.as_ptr()));
     let (m, n, k) = (s.m, s.n, s.k);
@@ -82,11 +97,12 @@ fn run(s: &S, a: &[f32], b: &[f32], c: &mut [f32], split: usize) {
                         cp.0.add(c0),
                         n as isize,
                         ap.0,
-                        k as isize,
+                        lhs_cs,
+                        lhs_rs,
                         bp.0.offset(c0 as isize * rhs_cs),
                         rhs_cs,
                         rhs_rs,
-                        gemm::Parallelism::None,
+                        par,
                     )
                 }
             });
@@ -105,6 +121,7 @@ fn main() {
             k: 2048,
             n: 8192,
             rhs_t: false,
+            lhs_t: false,
         },
         S {
             name: "1.3b fc1 g·Wt 256x8192x2048",
@@ -112,6 +129,7 @@ fn main() {
             k: 8192,
             n: 2048,
             rhs_t: true,
+            lhs_t: false,
         },
         S {
             name: "1.3b fc2 g·Wt 256x2048x8192",
@@ -119,6 +137,7 @@ fn main() {
             k: 2048,
             n: 8192,
             rhs_t: true,
+            lhs_t: false,
         },
         S {
             name: "1.3b q x·W 256x2048x2048",
@@ -126,6 +145,7 @@ fn main() {
             k: 2048,
             n: 2048,
             rhs_t: false,
+            lhs_t: false,
         },
         S {
             name: "1.3b q g·Wt 256x2048x2048",
@@ -133,6 +153,7 @@ fn main() {
             k: 2048,
             n: 2048,
             rhs_t: true,
+            lhs_t: false,
         },
         S {
             name: "125m fc1 x·W 1024x768x3072",
@@ -140,6 +161,7 @@ fn main() {
             k: 768,
             n: 3072,
             rhs_t: false,
+            lhs_t: false,
         },
         S {
             name: "125m fc1 g·Wt 1024x3072x768",
@@ -147,6 +169,7 @@ fn main() {
             k: 3072,
             n: 768,
             rhs_t: true,
+            lhs_t: false,
         },
         S {
             name: "125m q x·W 1024x768x768",
@@ -154,6 +177,7 @@ fn main() {
             k: 768,
             n: 768,
             rhs_t: false,
+            lhs_t: false,
         },
         S {
             name: "125m head x·Et 512x768x50272",
@@ -161,9 +185,34 @@ fn main() {
             k: 768,
             n: 50272,
             rhs_t: true,
+            lhs_t: false,
+        },
+        S {
+            name: "125m fc1 xt·g 768x1024x3072",
+            m: 768,
+            k: 1024,
+            n: 3072,
+            rhs_t: false,
+            lhs_t: true,
+        },
+        S {
+            name: "1.3b fc1 xt·g 2048x256x8192",
+            m: 2048,
+            k: 256,
+            n: 8192,
+            rhs_t: false,
+            lhs_t: true,
+        },
+        S {
+            name: "125m lora B x·A 1024x16x768",
+            m: 1024,
+            k: 16,
+            n: 768,
+            rhs_t: false,
+            lhs_t: false,
         },
     ];
-    let variants = [0usize, 2, 4];
+    let variants = [0usize, 2, 4, 102];
     let cold = std::env::var("COLD").is_ok();
     let mut junk = vec![1u8; if cold { 1 << 30 } else { 0 }];
     for s in &shapes {
@@ -214,14 +263,22 @@ fn main() {
                 if *v == 0 {
                     "gemm Rayon".to_string()
                 } else {
-                    format!("split {v}")
+                    if *v > 100 {
+                        format!("split {} Rayon(1)", v % 100)
+                    } else {
+                        format!("split {v}")
+                    }
                 },
                 m,
                 lo,
                 hi
             );
         }
-        print!(" | split4/gemm {:.2}", meds[2].0 / meds[0].0);
+        print!(
+            " | split4/gemm {:.2} | split2r1/gemm {:.2}",
+            meds[2].0 / meds[0].0,
+            meds[3].0 / meds[0].0
+        );
         println!(
             " | split2/gemm {:.2} | maxdiff {:e}",
             meds[1].0 / meds[0].0,
