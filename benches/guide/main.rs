@@ -175,6 +175,18 @@ fn main() {
             "models": models,
         })
     };
+    // `Some(None)`: `all`, every row at once; `None`: each model's default.
+    let rows_per_group = get("--rows-per-group").map(|v| match v.as_str() {
+        "all" => None,
+        n => Some(n.parse::<usize>().map_or_else(
+            |_| {
+                fail(format!(
+                    "--rows-per-group takes a number or `all`, not `{n}`"
+                ))
+            },
+            |n| n.max(1),
+        )),
+    });
     let mut all = serde_json::Map::new();
     for name in models.split(',') {
         let config = opt_config(name);
@@ -183,10 +195,8 @@ fn main() {
         settings.seq = num("--seq").unwrap_or(settings.seq);
         settings.steps = num("--steps").unwrap_or(settings.steps).max(1);
         settings.reps = num("--reps").unwrap_or(settings.reps).max(1);
-        match get("--rows-per-group").as_deref() {
-            None => {}
-            Some("all") => settings.rows_per_group = None,
-            Some(_) => settings.rows_per_group = num("--rows-per-group").map(|n| n.max(1)),
+        if let Some(v) = &rows_per_group {
+            settings.rows_per_group = *v;
         }
         let rows = run_model(
             name,
@@ -407,26 +417,27 @@ fn run_model(
 /// (from 1) under `group`.
 fn add_group(out: &mut Vec<Value>, rows: Vec<Value>, g: usize, groups: usize) {
     let is_anchor = |r: &Value| ANCHORS.iter().any(|m| r["key"] == m.key());
-    let anchors: serde_json::Map<String, Value> = rows
-        .iter()
-        .filter(|r| is_anchor(r))
-        .map(|r| {
-            let mut a = r.clone();
+    // The first group's rows go in as measured; a later group's anchors only stand beside it.
+    let (anchors, rows): (Vec<Value>, Vec<Value>) = if g == 0 {
+        (Vec::new(), rows)
+    } else {
+        rows.into_iter().partition(|r| is_anchor(r))
+    };
+    let same_rounds: serde_json::Map<String, Value> = anchors
+        .into_iter()
+        .map(|mut a| {
             if let Some(a) = a.as_object_mut() {
                 a.remove("pytorch");
             }
-            (r["key"].as_str().unwrap_or("?").to_string(), a)
+            (a["key"].as_str().unwrap_or("?").to_string(), a)
         })
         .collect();
     for mut r in rows {
-        if g > 0 && is_anchor(&r) {
-            continue;
-        }
         if groups > 1 {
             r["group"] = json!(g + 1);
         }
         if g > 0 {
-            r["same_rounds"] = Value::Object(anchors.clone());
+            r["same_rounds"] = Value::Object(same_rounds.clone());
         }
         out.push(r);
     }
