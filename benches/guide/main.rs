@@ -17,7 +17,10 @@
 //! Every row of a model shares one set of random weights and runs in rounds: a training step of
 //! each row, then the next round (one warm-up round, then `--steps` timed ones); inference the
 //! same way. Each figure is a median with its min–max over the rounds, and a ratio of two rows is
-//! taken round by round, so that the machine's drifting load touches both sides of it alike. With
+//! taken round by round, so that the machine's drifting load touches both sides of it alike. A
+//! target is met or missed when the interval of its median ratio lies on one side of its bound:
+//! the sign test's interval, at least 90 % confidence whatever the ratios' distribution (the
+//! min–max for up to seven rounds, the 2nd to 8th of nine). With
 //! `--vs-pytorch` the same rows run in HF PEFT in a persistent worker (`pytorch.py --worker`),
 //! each PyTorch step right after ours in the same round. A model too large for every row at once
 //! (OPT-1.3b by default, or any with `--rows-per-group N`) runs its rows in groups: the frozen
@@ -579,7 +582,7 @@ fn publish(meta: &Value, out: &Path) {
             ));
         }
         section.push_str(&format!(
-            "Targets on this model (each ratio taken round by round; met or missed only when its whole spread is on one side of the bound):\n\n{targets}\n"
+            "Targets on this model (each ratio taken round by round; met or missed only when the interval of its median, at least 90 % confidence from the order statistics of the rounds' ratios, is on one side of the bound; with seven rounds or fewer that interval is the min–max):\n\n{targets}\n"
         ));
         for (key, scale, unit, title, file) in [
             ("step_s", 1e3, "ms", "train step (lower is better)", "step"),
@@ -606,7 +609,7 @@ fn publish(meta: &Value, out: &Path) {
         md.push('\n');
     }
     let header = format!(
-        "Measured by `cargo xtask bench{}{}` on backend {backend} with {threads} threads: OPT architectures with random weights (drawn as transformers draws them) shared by every row; the rows (and PyTorch's, in a persistent worker) run interleaved in rounds after one warm-up round; times are medians with their min–max over the rounds, and a ratio is taken round by round. The machine is shared and noisy: a difference inside the spread is not a result.\n\n",
+        "Measured by `cargo xtask bench{}{}` on backend {backend} with {threads} threads: OPT architectures with random weights (drawn as transformers draws them) shared by every row; the rows (and PyTorch's, in a persistent worker) run interleaved in rounds after one warm-up round; times are medians with their min–max over the rounds, and a ratio is taken round by round. The machine is shared and noisy: a difference inside the spread is not a result, and a target is judged by the interval of its median ratio (see the targets tables).\n\n",
         if quick { " --quick" } else { "" },
         if torch { " --vs-pytorch" } else { "" },
     );
