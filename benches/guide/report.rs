@@ -86,19 +86,21 @@ fn ratio_spread(s: Spread) -> String {
 }
 
 /// A target's ratio: `1.02 (0.97–1.08)` when the interval of the median is the min–max,
-/// `1.02 (0.97–1.05; 0.91–1.12)` when the rounds were enough to leave out the extremes.
+/// `1.02 (0.97–1.05; 0.91–1.12)` when the rounds were enough to leave out the extremes (and
+/// the two read differently at two decimals).
 fn median_interval(s: Spread) -> String {
     if s.median.is_nan() {
         "—".into()
     } else if s.min == s.max {
         format!("{:.2}", s.median)
-    } else if (s.lo, s.hi) == (s.min, s.max) {
-        format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max)
     } else {
-        format!(
-            "{:.2} ({:.2}–{:.2}; {:.2}–{:.2})",
-            s.median, s.lo, s.hi, s.min, s.max
-        )
+        let interval = format!("{:.2}–{:.2}", s.lo, s.hi);
+        let range = format!("{:.2}–{:.2}", s.min, s.max);
+        if interval == range {
+            format!("{:.2} ({range})", s.median)
+        } else {
+            format!("{:.2} ({interval}; {range})", s.median)
+        }
     }
 }
 

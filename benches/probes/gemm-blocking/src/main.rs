@@ -1,5 +1,7 @@
 //! gemm's blocking on the shapes of an OPT-125m step: gemm's own kernel params against
-//! overrides (GEMM_NC_CAP / GEMM_MC / GEMM_KC read by the patched gemm-common), interleaved.
+//! overrides (GEMM_NC_CAP / GEMM_MC / GEMM_KC read by the patched gemm-common), interleaved;
+//! with tiled-pack.patch also applied, GEMM_TILED_PACK=1 packs a row-major left-hand side 16
+//! depths at a time. Each configuration's result is checked bit for bit against the first's.
 use std::time::Instant;
 
 struct Shape {
@@ -127,6 +129,22 @@ fn main() {
             lhs_t: false,
         },
         Shape {
+            name: "head1024 x·Et 1024x768x50272",
+            m: 1024,
+            k: 768,
+            n: 50272,
+            rhs_t: true,
+            lhs_t: false,
+        },
+        Shape {
+            name: "head1024 g·E 1024x50272x768",
+            m: 1024,
+            k: 50272,
+            n: 768,
+            rhs_t: false,
+            lhs_t: false,
+        },
+        Shape {
             name: "prompt head 256x768x50272",
             m: 256,
             k: 768,
@@ -165,9 +183,10 @@ fn main() {
         let mut c = vec![0.0f32; s.m * s.n];
         let flop = 2.0 * (s.m * s.k * s.n) as f64;
         let mut samples = vec![Vec::new(); cfgs.len()];
+        let mut first = Vec::new();
         for round in 0..rounds + 2 {
             for (i, (_, kv)) in cfgs.iter().enumerate() {
-                for v in ["GEMM_NC_CAP", "GEMM_MC", "GEMM_KC"] {
+                for v in ["GEMM_NC_CAP", "GEMM_MC", "GEMM_KC", "GEMM_TILED_PACK"] {
                     unsafe { std::env::remove_var(v) };
                 }
                 for (k, v) in kv {
@@ -178,6 +197,13 @@ fn main() {
                 let dt = t.elapsed().as_secs_f64();
                 if round >= 2 {
                     samples[i].push(dt);
+                }
+                if round == 0 {
+                    if i == 0 {
+                        first = c.clone();
+                    } else if first != c {
+                        println!("  {}: result differs from the first configuration", cfgs[i].0);
+                    }
                 }
             }
         }
