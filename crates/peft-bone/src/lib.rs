@@ -30,6 +30,9 @@
 //! let y = bone.model.up.forward(x);   // zero block: the base output
 //! let merged = bone.merge();          // W' per tile; `merged.unmerge()` restores W
 //! # let _ = (y, merged);
+//! # // Let the device finish before exit: on lavapipe a shader still compiling while exit
+//! # // runs LLVM's destructors can crash the process after the example has passed.
+//! # device.sync().expect("the device finishes its queued work");
 //! # Ok::<(), peft_bone::BoneError>(())
 //! ```
 #![cfg_attr(test, allow(clippy::unwrap_used))]

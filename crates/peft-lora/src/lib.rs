@@ -31,6 +31,9 @@
 //! lora.save(&dir)?;                       // adapter_model.safetensors + adapter_config.json
 //! let merged = lora.merge_and_unload();   // plain Mlp with W + s·A·B
 //! # let _ = merged; std::fs::remove_dir_all(&dir).ok();
+//! # // Let the device finish before exit: on lavapipe a shader still compiling while exit
+//! # // runs LLVM's destructors can crash the process after the example has passed.
+//! # device.sync().expect("the device finishes its queued work");
 //! # Ok::<(), peft_lora::LoraError>(())
 //! ```
 #![cfg_attr(test, allow(clippy::unwrap_used))]

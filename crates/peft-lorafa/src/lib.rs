@@ -32,6 +32,9 @@
 //! let loss = lora.model.down.forward(lora.model.up.forward(x)).powi_scalar(2).mean();
 //! let grads = GradientsParams::from_grads(loss.backward(), &lora.model);
 //! lora.model = optim.step(1e-3, lora.model, grads); // only the B factors move
+//! # // Let the device finish before exit: on lavapipe a shader still compiling while exit
+//! # // runs LLVM's destructors can crash the process after the example has passed.
+//! # device.sync().expect("the device finishes its queued work");
 //! # Ok::<(), peft_lorafa::LoraFaError>(())
 //! ```
 #![cfg_attr(test, allow(clippy::unwrap_used))]

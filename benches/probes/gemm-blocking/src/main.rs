@@ -1,7 +1,8 @@
 //! gemm's blocking on the shapes of an OPT-125m step: gemm's own kernel params against
 //! overrides (GEMM_NC_CAP / GEMM_MC / GEMM_KC read by the patched gemm-common), interleaved;
 //! with tiled-pack.patch also applied, GEMM_TILED_PACK=1 packs a row-major left-hand side 16
-//! depths at a time. Each configuration's result is checked bit for bit against the first's.
+//! depths at a time and GEMM_TILED_PACK=2 (f32, AVX-512) in 16 × 16 blocks transposed in
+//! registers. Each configuration's result is checked bit for bit against the first's.
 use std::time::Instant;
 
 struct Shape {
