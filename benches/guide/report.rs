@@ -89,18 +89,12 @@ fn ratio_spread(s: Spread) -> String {
 /// `1.02 (0.97–1.05; 0.91–1.12)` when the rounds were enough to leave out the extremes (and
 /// the two read differently at two decimals).
 fn median_interval(s: Spread) -> String {
-    if s.median.is_nan() {
-        "—".into()
-    } else if s.min == s.max {
-        format!("{:.2}", s.median)
+    let interval = format!("{:.2}–{:.2}", s.lo, s.hi);
+    let range = format!("{:.2}–{:.2}", s.min, s.max);
+    if s.median.is_nan() || s.min == s.max || interval == range {
+        ratio_spread(s).replace('×', "")
     } else {
-        let interval = format!("{:.2}–{:.2}", s.lo, s.hi);
-        let range = format!("{:.2}–{:.2}", s.min, s.max);
-        if interval == range {
-            format!("{:.2} ({range})", s.median)
-        } else {
-            format!("{:.2} ({interval}; {range})", s.median)
-        }
+        format!("{:.2} ({interval}; {range})", s.median)
     }
 }
 
