@@ -231,6 +231,63 @@ mod tests {
         }
     }
 
+    /// The vendored gemm-common (third_party/gemm-common/PATCHES.md) packs a transposed
+    /// left-hand side of its inner problem (here: the right-hand side `Wᵀ` of a Linear layer's
+    /// input gradient, `g · Wᵀ`) on every thread and 16 × 16 at a time in AVX-512 registers.
+    /// Packing only moves values, so each product must equal, bit for bit, the one gemm
+    /// computes from a contiguous copy of `Wᵀ` (which never takes those paths), and that one
+    /// must be the product within rounding.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn flex_products_with_a_transposed_operand_equal_those_of_its_contiguous_copy() {
+        use burn::tensor::{Tensor, TensorData};
+        let device = Device::flex();
+        let values = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 7919 + seed) % 1013) as f32 / 503.0 - 1.0)
+                .collect()
+        };
+        // [rows, depth] · [cols, depth]ᵀ: gemm's inner problem has `cols` rows, prepacked whole
+        // when `cols` ≤ 2·mc (1024 and 333: 333 and 515 not multiples of the 16-lane panel),
+        // packed per block by each thread when larger (3072).
+        for (rows, depth, cols) in [(1024, 1024, 768), (257, 515, 333), (512, 768, 3072)] {
+            let x_host = values(rows * depth, 1);
+            let w_host = values(cols * depth, 2);
+            let x = Tensor::<2>::from_data(TensorData::new(x_host.clone(), [rows, depth]), &device);
+            let w = Tensor::<2>::from_data(TensorData::new(w_host.clone(), [cols, depth]), &device);
+            let mut wt_host = vec![0f32; depth * cols];
+            for c in 0..cols {
+                for d in 0..depth {
+                    wt_host[d * cols + c] = w_host[c * depth + d];
+                }
+            }
+            let wt = Tensor::<2>::from_data(TensorData::new(wt_host, [depth, cols]), &device);
+            let got = x.clone().matmul(w.transpose()).into_data();
+            let got = got.try_to_vec::<f32>().unwrap();
+            let want = x.matmul(wt).into_data().try_to_vec::<f32>().unwrap();
+            assert!(
+                got == want,
+                "[{rows}, {depth}] · [{cols}, {depth}]ᵀ differs from the product with a contiguous copy"
+            );
+            for (i, j) in [
+                (0, 0),
+                (rows - 1, cols - 1),
+                (rows / 2, cols / 3),
+                (7, cols - 5),
+            ] {
+                let exact: f64 = (0..depth)
+                    .map(|d| f64::from(x_host[i * depth + d]) * f64::from(w_host[j * depth + d]))
+                    .sum();
+                let tol = 1e-5 * depth as f64;
+                assert!(
+                    (f64::from(got[i * cols + j]) - exact).abs() <= tol,
+                    "[{rows}, {depth}] · [{cols}, {depth}]ᵀ at ({i}, {j}): {} against {exact}",
+                    got[i * cols + j]
+                );
+            }
+        }
+    }
+
     #[test]
     fn parses_a_list() {
         if cfg!(feature = "flex") {

@@ -2,9 +2,12 @@
 //! overrides (GEMM_NC_CAP / GEMM_MC / GEMM_KC read by the patched gemm-common), interleaved;
 //! with tiled-pack.patch also applied, GEMM_TILED_PACK=1 packs a row-major left-hand side 16
 //! depths at a time and GEMM_TILED_PACK=2 (f32, AVX-512) in 16 × 16 blocks transposed in
-//! registers. Each configuration's result is checked bit for bit against the first's.
+//! registers; with par-prepack.patch too, GEMM_PAR_PREPACK=1 splits the prepacked left-hand side
+//! between the threads; XPOSE=1 transposes a g·Wt weight into a contiguous copy (timed) and runs
+//! x·W. Each configuration's result is checked bit for bit against the first's.
 use std::time::Instant;
 
+#[derive(Clone, Copy)]
 struct Shape {
     name: &'static str,
     m: usize,
@@ -48,6 +51,28 @@ fn run(s: &Shape, a: &[f32], b: &[f32], c: &mut [f32]) {
             gemm::Parallelism::Rayon(0),
         );
     }
+}
+
+/// src [rows, cols] row-major -> dst [cols, rows] row-major, in 32 x 32 tiles, two threads.
+fn transpose_blocked(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+    const T: usize = 32;
+    let half = cols.div_ceil(2 * T) * T;
+    let (d0, d1) = dst.split_at_mut(half.min(cols) * rows);
+    let work = |dst: &mut [f32], c_lo: usize, c_hi: usize| {
+        for c0 in (c_lo..c_hi).step_by(T) {
+            for r0 in (0..rows).step_by(T) {
+                for c in c0..(c0 + T).min(c_hi) {
+                    for r in r0..(r0 + T).min(rows) {
+                        dst[(c - c_lo) * rows + r] = src[r * cols + c];
+                    }
+                }
+            }
+        }
+    };
+    std::thread::scope(|sc| {
+        sc.spawn(|| work(d0, 0, half.min(cols)));
+        work(d1, half.min(cols), cols);
+    });
 }
 
 fn main() {
@@ -227,14 +252,23 @@ fn main() {
         let mut first = Vec::new();
         for round in 0..rounds + 2 {
             for (i, (_, kv)) in cfgs.iter().enumerate() {
-                for v in ["GEMM_NC_CAP", "GEMM_MC", "GEMM_KC", "GEMM_TILED_PACK"] {
+                for v in ["GEMM_NC_CAP", "GEMM_MC", "GEMM_KC", "GEMM_TILED_PACK", "GEMM_PAR_PREPACK"] {
                     unsafe { std::env::remove_var(v) };
                 }
                 for (k, v) in kv {
                     unsafe { std::env::set_var(k, v) };
                 }
+                let xpose = kv.iter().any(|(k, _)| *k == "XPOSE") && s.rhs_t;
                 let t = Instant::now();
-                run(s, &a, &b, &mut c);
+                if xpose {
+                    // b holds [n, k] row-major; write its [k, n] row-major copy, then nn.
+                    let mut bt = vec![0.0f32; s.k * s.n];
+                    transpose_blocked(&b, &mut bt, s.n, s.k);
+                    let s2 = Shape { rhs_t: false, ..*s };
+                    run(&s2, &a, &bt, &mut c);
+                } else {
+                    run(s, &a, &b, &mut c);
+                }
                 let dt = t.elapsed().as_secs_f64();
                 if round >= 2 {
                     samples[i].push(dt);
