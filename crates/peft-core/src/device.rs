@@ -248,8 +248,9 @@ mod tests {
                 .collect()
         };
         // [rows, depth] · [cols, depth]ᵀ: gemm's inner problem has `cols` rows, prepacked whole
-        // when `cols` ≤ 2·mc (1024 and 333: 333 and 515 not multiples of the 16-lane panel),
-        // packed per block by each thread when larger (3072).
+        // when `cols` ≤ 2·mc (768; 333, which leaves a partial 64-row panel, with 515 depths, a
+        // tail past the last 16), packed per block by each thread when larger (3072). mc = 512
+        // on the project's VM; elsewhere the shapes may take other paths, and must still agree.
         for (rows, depth, cols) in [(1024, 1024, 768), (257, 515, 333), (512, 768, 3072)] {
             let x_host = values(rows * depth, 1);
             let w_host = values(cols * depth, 2);
