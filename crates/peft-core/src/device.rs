@@ -148,6 +148,14 @@ mod tests {
         }
     }
 
+    /// `len` deterministic test values spread over `[-shift, 1013 / scale - shift)`.
+    #[cfg(feature = "flex")]
+    fn pattern(len: usize, seed: usize, scale: f32, shift: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 + seed) % 1013) as f32 / scale - shift)
+            .collect()
+    }
+
     /// The project builds a patched burn-flex (`third_party/burn-flex`): large element-wise ops
     /// split across threads, broadcast ones included, op outputs allocated without a copy, and a
     /// vectorised exp.
@@ -159,11 +167,7 @@ mod tests {
         let device = Device::flex();
         let [b, h, s, t] = [2usize, 6, 64, 96];
         let n = b * h * s * t;
-        let values = |len: usize, seed: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| ((i * 7919 + seed) % 1013) as f32 / 97.0 - 5.0)
-                .collect()
-        };
+        let values = |len: usize, seed: usize| pattern(len, seed, 97.0, 5.0);
         let x_host = values(n, 1);
         let x = Tensor::<4>::from_data(TensorData::new(x_host.clone(), [b, h, s, t]), &device);
         let host = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
@@ -242,11 +246,7 @@ mod tests {
     fn flex_products_with_a_transposed_operand_equal_those_of_its_contiguous_copy() {
         use burn::tensor::{Tensor, TensorData};
         let device = Device::flex();
-        let values = |len: usize, seed: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| ((i * 7919 + seed) % 1013) as f32 / 503.0 - 1.0)
-                .collect()
-        };
+        let values = |len: usize, seed: usize| pattern(len, seed, 503.0, 1.0);
         // [rows, depth] · [cols, depth]ᵀ: gemm's inner problem has `cols` rows, prepacked whole
         // when `cols` ≤ 2·mc (768; 333, which leaves a partial 64-row panel, with 515 depths, a
         // tail past the last 16), packed per block by each thread when larger (3072). mc = 512
