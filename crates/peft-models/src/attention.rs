@@ -1,35 +1,34 @@
 //! Causal scaled-dot-product attention shared by the decoders.
 
 use burn::tensor::Tensor;
-use peft_core::nn::causal_softmax;
+use peft_core::nn;
 
 /// Softmax attention of every position over itself and the positions before it.
 ///
-/// Key/value heads are shared by `heads / kv_heads` query heads each (grouped-query attention).
-/// `scale` multiplies the queries before the product (as OPT does), which equals scaling the
-/// scores: `[seq, head_dim]` elements per head instead of `[seq, seq]` (a quarter of them for
-/// 256 tokens of 64-wide heads).
+/// Key/value heads are shared by `heads / kv_heads` query heads each (grouped-query attention;
+/// repeated to one per query head). `scale` multiplies the scores. One autodiff node
+/// ([`peft_core::nn::causal_attention`]): the backward keeps a log-sum-exp per query row, not
+/// the `[batch, heads, seq, seq]` probabilities.
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, seq, head_dim]`
-/// - `k`, `v`: `[batch, kv_heads, seq, head_dim]`
+/// - `k`, `v`: `[batch, kv_heads, kv_len, head_dim]` (`kv_len ≥ seq`: cached positions first)
 /// - output: `[batch, heads, seq, head_dim]`
 pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
-    let [batch, heads, seq, head_dim] = q.dims();
-    let kv_heads = k.dims()[1];
+    let heads = q.dims()[1];
+    let [batch, kv_heads, kv_len, head_dim] = k.dims();
     let (k, v) = if kv_heads == heads {
         (k, v)
     } else {
         let rep = heads / kv_heads;
         let repeat = |t: Tensor<4>| {
             t.unsqueeze_dim::<5>(2)
-                .expand([batch, kv_heads, rep, seq, head_dim])
-                .reshape([batch, heads, seq, head_dim])
+                .expand([batch, kv_heads, rep, kv_len, head_dim])
+                .reshape([batch, heads, kv_len, head_dim])
         };
         (repeat(k), repeat(v))
     };
-    let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
-    causal_softmax(scores).matmul(v)
+    nn::causal_attention(q, k, v, scale)
 }
 
 /// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.

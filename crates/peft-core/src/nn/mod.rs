@@ -1,13 +1,15 @@
 //! Adapter-aware layers: drop-in replacements for burn's `Linear` and `Embedding` that run any
-//! registered adapter factored; and the decoders' causal softmax and layer norm as single
-//! autodiff nodes (backend extensions with fused flex kernels).
+//! registered adapter factored; and the decoders' causal attention, causal softmax and layer norm
+//! as single autodiff nodes (backend extensions with fused flex kernels).
 
+mod attention;
 mod embedding;
 mod factored;
 mod layer_norm;
 mod linear;
 mod softmax;
 
+pub use attention::{CausalAttentionOps, causal_attention};
 pub use burn::nn::EmbeddingConfig;
 pub use embedding::{Embedding, FactoredEmbedding};
 pub use factored::{FactoredAdapter, factored_adapter, register_factored};
