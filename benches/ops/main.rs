@@ -219,6 +219,46 @@ fn main() {
     });
     time("exp [4,12,256,256]", 0.0, || first(scores.clone().exp()));
 
+    // One training step's attention of an OPT-350m layer (batch 4, 16 heads of 64, 256
+    // positions; heads split from `[4, 256, 1024]` as the model does), forward and backward:
+    // burn's ops with peft-core's causal softmax (the models' attention before the node), and
+    // the node.
+    let ad = device.clone().autodiff();
+    let heads = |seed: u64| {
+        ad.seed(seed);
+        Tensor::<4>::random([4, 256, 16, 64], Distribution::Default, &ad).swap_dims(1, 2)
+    };
+    let (q350, k350, v350, up350) = (heads(1), heads(2), heads(3), heads(4));
+    // Forward 2 products, backward 4, each [64×256,64]·[64,256] or its transposes.
+    let attention_flop = 6.0 * 2.0 * (64 * 256 * 256 * 64) as f64;
+    let step = |fused: bool| {
+        let (q, k, v) = (
+            q350.clone().require_grad(),
+            k350.clone().require_grad(),
+            v350.clone().require_grad(),
+        );
+        let out = if fused {
+            peft_core::nn::causal_attention(q.clone(), k.clone(), v.clone(), 0.125)
+        } else {
+            let scores = q
+                .clone()
+                .mul_scalar(0.125)
+                .matmul(k.clone().swap_dims(2, 3));
+            peft_core::nn::causal_softmax(scores).matmul(v.clone())
+        };
+        let grads = (out * up350.clone()).sum().backward();
+        let g = |t: &Tensor<4>| t.grad(&grads).map_or(f32::NAN, first);
+        g(&q) + g(&k) + g(&v)
+    };
+    time(
+        "attention fwd+bwd 350m, masked softmax",
+        attention_flop,
+        || step(false),
+    );
+    time("attention fwd+bwd 350m, one node", attention_flop, || {
+        step(true)
+    });
+
     let a = random([1, 1, d, 16]);
     let b = random([1, 1, 16, d]);
     let xa = random([1, 1, tokens, 16]);

@@ -85,6 +85,18 @@ def main():
     bench("scores + mask [4,12,256,256]+[1,1,256,256]", 0, lambda: scores + mask)
     bench("softmax [4,12,256,256]", 0, lambda: torch.softmax(scores, 3))
     bench("exp [4,12,256,256]", 0, lambda: scores.exp())
+    # op-bench's OPT-350m attention, forward and backward, through PyTorch's fused causal
+    # attention (what transformers' OPT runs).
+    qa, ka, va, upa = (r(4, 256, 16, 64).transpose(1, 2) for _ in range(4))
+
+    def sdpa_step():
+        with torch.enable_grad():
+            q, k, v = (t.detach().requires_grad_() for t in (qa, ka, va))
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                   scale=0.125)
+            (out * upa).sum().backward()
+
+    bench("attention fwd+bwd 350m, SDPA is_causal", 6 * 2 * 64 * 256 * 256 * 64, sdpa_step)
     a, b, xa = r(d, 16), r(16, d), r(tokens, 16)
     lora_flop = 2 * tokens * d * 16
     bench("LoRA x·A [1024,768]·[768,16]", lora_flop, lambda: x @ a)

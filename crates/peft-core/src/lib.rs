@@ -7,6 +7,17 @@
 //!
 //! Method crates (`peft-lora`, …) build on it; most users start there.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+// Built without any backend (a type check), `#[backend_extension]` leaves the scalar arguments of
+// the extensions' default methods (`nn`, `optim`) unused.
+#![cfg_attr(
+    not(any(
+        feature = "flex",
+        feature = "ndarray",
+        feature = "wgpu",
+        feature = "cuda"
+    )),
+    allow(unused_variables)
+)]
 
 pub mod config;
 pub mod device;
