@@ -10,16 +10,6 @@
 
 // burn 0.22 deprecates ndarray in favour of flex; this build still offers it as a backend.
 #![allow(deprecated)]
-// Built without any backend, `#[backend_extension]` leaves the defaults' scalar arguments unused.
-#![cfg_attr(
-    not(any(
-        feature = "flex",
-        feature = "ndarray",
-        feature = "wgpu",
-        feature = "cuda"
-    )),
-    allow(unused_variables)
-)]
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
