@@ -1,15 +1,15 @@
 //! `op-bench`: the products and element-wise ops of an OPT-125m training step (batch 4 × 256)
 //! and of a decoding step (one token), timed one at a time on the default device, to find the
-//! ops that run far below PyTorch's rate; and the whole OPT-125m forward of 1 and 256 tokens
-//! (ours only: the guide compares those with PyTorch).
+//! ops that run far below PyTorch's rate; and the whole OPT-125m and OPT-350m forward of 1 and
+//! 256 tokens (pytorch_ops.py runs transformers' OPT on the same shapes).
 //!
 //! ```text
 //! BURN_DEVICE=flex target/release/op-bench [FILTER]        # ours
 //! python3 benches/ops/pytorch_ops.py [FILTER]               # the same ops in PyTorch
 //! ```
 //!
-//! Each op runs 2 times untimed, then 9 timed; it prints the median, min–max and the FLOP rate of
-//! the median. `FILTER` keeps the ops whose name contains it (and skips building the 154 MB
+//! Each op runs 2 times untimed, then 9 timed (`OP_BENCH_CALLS=N`: N, for profiling one case);
+//! it prints the median, min–max and the FLOP rate of the median. `FILTER` keeps the ops whose name contains it (and skips building the 154 MB
 //! embedding unless a `head` op is kept). The two programs run one after the other, not
 //! interleaved: use them to find large gaps, and the guide (`cargo xtask bench`) for ratios.
 
@@ -29,23 +29,29 @@ fn time(name: &str, flop: f64, mut f: impl FnMut() -> f32) {
     for _ in 0..2 {
         sink += f();
     }
-    let mut samples = Vec::with_capacity(9);
-    for _ in 0..9 {
+    // `OP_BENCH_CALLS` more timed calls (default 9) make a profile of one case mostly that case.
+    let calls = std::env::var("OP_BENCH_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(9usize)
+        .max(1);
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
         let start = Instant::now();
         sink += f();
         samples.push(start.elapsed().as_secs_f64());
     }
     samples.sort_by(f64::total_cmp);
     let rate = if flop > 0.0 {
-        format!("{:6.1} GFLOP/s", flop / samples[4] / 1e9)
+        format!("{:6.1} GFLOP/s", flop / samples[calls / 2] / 1e9)
     } else {
         String::new()
     };
     println!(
         "{name:42} {:8.2} ms ({:.2}–{:.2}) {rate}{}",
-        samples[4] * 1e3,
+        samples[calls / 2] * 1e3,
         samples[0] * 1e3,
-        samples[8] * 1e3,
+        samples[calls - 1] * 1e3,
         if sink.is_nan() { " (NaN)" } else { "" }
     );
 }
@@ -137,19 +143,26 @@ fn main() {
         });
     }
 
-    // The whole OPT-125m forward of a decoding step and of a prompt (no gradients): products
-    // plus every small op around them. PyTorch's figures for these are the guide's merged
-    // single-token and prompt rows.
-    for seq in [1usize, 256] {
-        let name = format!("OPT-125m forward, {seq} tokens");
+    // The whole OPT-125m and OPT-350m forward of a decoding step and of a prompt (no
+    // gradients): products plus every small op around them. pytorch_ops.py runs transformers'
+    // OPT on the same shapes (the guide's merged single-token and prompt rows).
+    let models = [
+        (
+            "OPT-125m",
+            peft_models::OptConfig::opt_125m as fn() -> _,
+            124e6,
+        ),
+        ("OPT-350m", peft_models::OptConfig::opt_350m, 331e6),
+    ];
+    for ((label, config, params), seq) in models.iter().flat_map(|m| [(m, 1usize), (m, 256)]) {
+        let name = format!("{label} forward, {seq} tokens");
         if std::env::args().nth(1).is_some_and(|f| !name.contains(&f)) {
             continue;
         }
         use peft_models::CausalLm;
-        let config = peft_models::OptConfig::opt_125m();
-        let model = config.init(&device).expect("valid OPT config");
+        let model = config().init(&device).expect("valid OPT config");
         let ids = Tensor::<2>::random([1, seq], Distribution::Uniform(0.0, 50000.0), &device).int();
-        let flop = 2.0 * 124e6 * seq as f64;
+        let flop = 2.0 * params * seq as f64;
         time(&name, flop, || {
             let logits = model.forward(ids.clone());
             logits.slice([0..1, 0..1, 0..1]).into_scalar::<f32>()

@@ -61,6 +61,26 @@ def main():
             return y
 
         bench("1 token, 12 layers' products", 12 * 12 * flop / tokens, decoder)
+    # The whole forward of a decoding step and of a prompt: transformers' OPT, random weights,
+    # as op-bench's "OPT-… forward" cases and the guide's merged inference rows.
+    for label, hidden, layers, heads, proj, pre_ln, params in (
+        ("OPT-125m", 768, 12, 12, 768, True, 124e6),
+        ("OPT-350m", 1024, 24, 16, 512, False, 331e6),
+    ):
+        for seq in (1, 256):
+            name = f"{label} forward, {seq} tokens"
+            if FILTER is not None and FILTER not in name:
+                continue
+            from transformers import OPTConfig, OPTForCausalLM
+
+            config = OPTConfig(hidden_size=hidden, ffn_dim=4 * hidden, num_hidden_layers=layers,
+                               num_attention_heads=heads, word_embed_proj_dim=proj,
+                               do_layer_norm_before=pre_ln, dropout=0.0, attention_dropout=0.0)
+            model = OPTForCausalLM(config).float().eval()
+            ids = torch.randint(0, 50000, (1, seq))
+            with torch.no_grad():
+                bench(name, 2 * params * seq, lambda: model(input_ids=ids).logits)
+            del model
     embedding = r(vocab, d)
     for rows in [1, 80, 256, 512, 1024]:
         xs, g = r(rows, d), r(rows, vocab)

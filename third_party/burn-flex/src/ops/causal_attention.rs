@@ -302,7 +302,8 @@ pub fn causal_attention_f32(
     };
     let scratch = || vec![0.0f32; ROWS.min(q_len) * k_len];
     if q_len > 0 && dim > 0 {
-        for_each_head(&mut lse, q_len, scratch, run);
+        let work = q_len * k_len * (dim + v_dim);
+        for_each_head(&mut lse, q_len, work, scratch, run);
     }
     (
         head_major_view(out, [batch, heads, q_len, v_dim]),
@@ -458,7 +459,8 @@ pub fn causal_attention_backward_f32(
     let n = ROWS.min(q_len) * k_len;
     let scratch = || (vec![0.0f32; n], vec![0.0f32; n]);
     if q_len > 0 && dim > 0 {
-        for_each_head(&mut dots, q_len, scratch, run);
+        let work = q_len * k_len * (2 * dim + 2 * v_dim);
+        for_each_head(&mut dots, q_len, work, scratch, run);
     }
     (
         head_major_view(dq, [batch, heads, q_len, dim]),
@@ -492,29 +494,40 @@ fn check_shapes(q: &Heads, k: &Heads, v: &Heads) -> usize {
     k_len
 }
 
+/// Fewest multiply-adds (all heads together) for which the heads run on rayon's pool: below
+/// it, handing them to the pool costs more than it saves (a decoding step's token against a
+/// short cache: one query row per head).
+#[cfg(feature = "rayon")]
+const PARALLEL_WORK: usize = 1 << 18;
+
 /// Runs `run(scratch, (head, rows))` for every (batch, head), `rows` being that head's
 /// `per_head` entries of `per_row`; on rayon's pool with one scratch per task when there is
-/// more than one head.
+/// more than one head and the heads' `work_per_head` multiply-adds come to
+/// [`PARALLEL_WORK`], else in order on the calling thread.
 fn for_each_head<T: Send>(
     per_row: &mut [f32],
     per_head: usize,
+    work_per_head: usize,
     scratch: impl Fn() -> T + Sync + Send,
     run: impl Fn(&mut T, (usize, &mut [f32])) + Sync + Send,
 ) {
     #[cfg(feature = "rayon")]
     {
-        use rayon::prelude::*;
-        per_row
-            .par_chunks_mut(per_head)
-            .enumerate()
-            .for_each_init(scratch, |s, job| run(s, job));
+        let heads = per_row.len() / per_head.max(1);
+        if heads > 1 && heads.saturating_mul(work_per_head) >= PARALLEL_WORK {
+            use rayon::prelude::*;
+            per_row
+                .par_chunks_mut(per_head)
+                .enumerate()
+                .for_each_init(scratch, |s, job| run(s, job));
+            return;
+        }
     }
     #[cfg(not(feature = "rayon"))]
-    {
-        let mut s = scratch();
-        for job in per_row.chunks_mut(per_head).enumerate() {
-            run(&mut s, job);
-        }
+    let _ = work_per_head;
+    let mut s = scratch();
+    for job in per_row.chunks_mut(per_head).enumerate() {
+        run(&mut s, job);
     }
 }
 
@@ -610,10 +623,17 @@ mod tests {
     }
 
     /// Blocks of 64 rows with a partial last block, queries that are the last of more keys,
-    /// a value width unlike the key width, and heads split by a transpose (strided input).
+    /// a value width unlike the key width, and heads split by a transpose (strided input); on
+    /// the pool (the first two) and in order on the calling thread (the last two, below
+    /// `PARALLEL_WORK`, the last with several heads).
     #[test]
     fn forward_and_gradients_match_the_f64_reference() {
-        for (b, h, ql, kl, d, vd) in [(2, 3, 150, 150, 8, 5), (1, 2, 70, 133, 16, 16), (1, 1, 1, 1, 4, 4)] {
+        for (b, h, ql, kl, d, vd) in [
+            (2, 3, 150, 150, 8, 5),
+            (1, 2, 70, 133, 16, 16),
+            (1, 1, 1, 1, 4, 4),
+            (2, 2, 3, 10, 4, 4),
+        ] {
             let scale = 0.37;
             let (qv, kv, vv, gv) = (
                 values(b * h * ql * d, 1),
