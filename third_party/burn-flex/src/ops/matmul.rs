@@ -425,9 +425,9 @@ const ROW_SPLIT_ALIGN: usize = 16;
 /// Each piece reads a contiguous block of the right-hand side: a row-major `[k, n]` (a
 /// layer's weight) is split by rows of `k`, each piece writing a partial output that is
 /// summed at the end; a column-major one (the tied head's `Eᵀ`) is split by columns, each
-/// piece writing its own outputs. The calling thread takes pieces as the pool's threads do,
-/// so it never waits for a sleeping thread to wake before its own work, and a thread that
-/// wakes late finds nothing left. Returns `false`, having done nothing, when the product is
+/// piece writing its own outputs. The calling thread takes pieces as the pool's threads do
+/// (`share_pieces`), so it never waits for a sleeping thread to wake before its own work,
+/// and a thread that wakes late finds nothing left and is not waited for. Returns `false`, having done nothing, when the product is
 /// too small to split or the pool has one thread.
 ///
 /// # Safety
