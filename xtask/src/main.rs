@@ -1,7 +1,8 @@
 //! `cargo xtask`: cross-backend tests, the cuda type-check, fixtures and benchmarks.
 //!
 //! ```text
-//! cargo xtask test [--backend flex|ndarray|wgpu|all]   # default: flex then wgpu, one build
+//! cargo xtask test [--backend flex|ndarray|wgpu|all] [--jobs N]  # default: flex then wgpu, one build,
+//!                                                       # N test binaries at a time (default: cores)
 //! cargo xtask check-cuda                                # DOCS_RS=1 cargo check --features cuda
 //! cargo xtask fixtures [--python PY] [--verify]         # regenerate fixtures with real PEFT;
 //!                                                       # --verify: PEFT loads our adapters
@@ -15,6 +16,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+mod suite;
 
 /// Every backend, compiled into one build; `BURN_DEVICE` picks one at run time.
 const BACKENDS: &str = "peft-core/flex,peft-core/wgpu,peft-core/ndarray";
@@ -68,40 +71,60 @@ fn ensure_vulkan() -> Result<(), String> {
 /// is set.
 const PROPTEST_SEED: &str = "20261201";
 
-fn test(backends: &[&str]) -> Result<(), String> {
+fn test(backends: &[&str], jobs: usize) -> Result<(), String> {
     if backends.contains(&"wgpu") {
         ensure_vulkan()?;
     }
     let runtime = std::env::temp_dir().join("peft-rs-xdg");
     let _ = std::fs::create_dir_all(&runtime);
+    let runtime = runtime.display().to_string();
     // The property tests draw the same cases on every run of the suite (CI is repeatable; a
     // failure reproduces with the seed printed here); `PROPTEST_RNG_SEED=N cargo xtask test`
     // or a plain `cargo test` explores other cases.
     let proptest_seed =
         std::env::var("PROPTEST_RNG_SEED").unwrap_or_else(|_| PROPTEST_SEED.to_string());
     eprintln!("xtask: property tests with PROPTEST_RNG_SEED={proptest_seed}");
+    let suite = [
+        "--workspace",
+        "--exclude",
+        "xtask",
+        "--features",
+        TEST_FEATURES,
+    ];
+    let start = std::time::Instant::now();
+    let binaries = suite::build(cargo(), &root(), &suite)?;
+    eprintln!(
+        "xtask: built {} test binaries in {:.0} s",
+        binaries.len(),
+        start.elapsed().as_secs_f64()
+    );
+    let mut failed = Vec::new();
     for backend in backends {
-        eprintln!("xtask: === test suite on {backend} ===");
+        eprintln!("xtask: === test suite on {backend}, {jobs} binaries at a time ===");
         let start = std::time::Instant::now();
-        run(cargo()
-            .args([
-                "test",
-                "--workspace",
-                "--exclude",
-                "xtask",
-                "--features",
-                TEST_FEATURES,
-            ])
-            .env("BURN_DEVICE", backend)
-            .env("XDG_RUNTIME_DIR", &runtime)
-            .env("PROPTEST_RNG_SEED", &proptest_seed))?;
-        // The first backend's time includes the build shared by all.
+        let envs = [
+            ("BURN_DEVICE", *backend),
+            ("XDG_RUNTIME_DIR", runtime.as_str()),
+            ("PROPTEST_RNG_SEED", proptest_seed.as_str()),
+        ];
+        for label in suite::run(&binaries, jobs, &envs) {
+            failed.push(format!("{label} on {backend}"));
+        }
+        let doc = run(cargo().arg("test").args(suite).arg("--doc").envs(envs));
+        if let Err(e) = doc {
+            eprintln!("xtask: {e}");
+            failed.push(format!("doc tests on {backend}"));
+        }
         eprintln!(
             "xtask: test suite on {backend} took {:.0} s",
             start.elapsed().as_secs_f64()
         );
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("failed: {}", failed.join(", ")))
+    }
 }
 
 fn fixtures(args: &[String]) -> Result<(), String> {
@@ -442,11 +465,22 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => {
             let backend = args.windows(2).find(|w| w[0] == "--backend").map(|w| w[1].as_str());
-            match backend {
-                None => test(&["flex", "wgpu"]),
-                Some("all") => test(&["flex", "ndarray", "wgpu"]),
-                Some(b @ ("flex" | "ndarray" | "wgpu")) => test(&[b]),
-                Some(other) => Err(format!("unknown backend `{other}` (flex, ndarray, wgpu, all)")),
+            let jobs = match args.windows(2).find(|w| w[0] == "--jobs") {
+                None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+                Some(w) => w[1]
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--jobs takes a positive number, not `{}`", w[1])),
+            };
+            match (backend, jobs) {
+                (_, Err(e)) => Err(e),
+                (None, Ok(j)) => test(&["flex", "wgpu"], j),
+                (Some("all"), Ok(j)) => test(&["flex", "ndarray", "wgpu"], j),
+                (Some(b @ ("flex" | "ndarray" | "wgpu")), Ok(j)) => test(&[b], j),
+                (Some(other), _) => {
+                    Err(format!("unknown backend `{other}` (flex, ndarray, wgpu, all)"))
+                }
             }
         }
         Some("check-cuda") => run(cargo()
@@ -471,7 +505,7 @@ fn main() -> ExitCode {
         }
         Some("bench") => guide(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
-        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] | check-cuda | fixtures [--python PY] [--verify | --verify-only] | bench [--quick] [--models M] [--methods K] [--backend B] [--vs-pytorch [--python PY]] | bench criterion [args] | bench train [args] | fuzz [--target T] [--seconds S] | fuzz --seeds>".into()),
+        _ => Err("usage: cargo xtask <test [--backend flex|ndarray|wgpu|all] [--jobs N] | check-cuda | fixtures [--python PY] [--verify | --verify-only] | bench [--quick] [--models M] [--methods K] [--backend B] [--vs-pytorch [--python PY]] | bench criterion [args] | bench train [args] | fuzz [--target T] [--seconds S] | fuzz --seeds>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
