@@ -8,7 +8,8 @@
 //! python3 benches/ops/pytorch_ops.py [FILTER]               # the same ops in PyTorch
 //! ```
 //!
-//! Each op runs 2 times untimed, then 9 timed (`OP_BENCH_CALLS=N`: N, for profiling one case);
+//! Each op runs 2 times untimed, then 9 timed (`OP_BENCH_CALLS=N`: N, for profiling one case;
+//! `OP_BENCH_IN_POOL=1`: each call on a thread of rayon's pool instead of the main thread);
 //! it prints the median, min–max and the FLOP rate of the median. `FILTER` keeps the ops whose name contains it (and skips building the 154 MB
 //! embedding unless a `head` op is kept). The two programs run one after the other, not
 //! interleaved: use them to find large gaps, and the guide (`cargo xtask bench`) for ratios.
@@ -18,13 +19,19 @@ use std::time::Instant;
 
 /// Times `f`, which returns one element of its result (so the op has run), unless `FILTER`
 /// excludes `name`.
-fn time(name: &str, flop: f64, mut f: impl FnMut() -> f32) {
+fn time(name: &str, flop: f64, mut f: impl FnMut() -> f32 + Send) {
     if std::env::args()
         .nth(1)
         .is_some_and(|filter| !name.contains(&filter))
     {
         return;
     }
+    // `OP_BENCH_IN_POOL=1`: each call runs on a thread of rayon's pool (as inside a parallel
+    // region), not on the main thread, which otherwise hands every parallel piece to the pool.
+    let in_pool = std::env::var_os("OP_BENCH_IN_POOL").is_some();
+    let mut f = move || {
+        if in_pool { rayon::scope(|_| f()) } else { f() }
+    };
     let mut sink = 0.0;
     for _ in 0..2 {
         sink += f();
