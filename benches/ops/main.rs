@@ -28,7 +28,7 @@ fn time(name: &str, flop: f64, mut f: impl FnMut() -> f32 + Send) {
     }
     // `OP_BENCH_IN_POOL=1`: each call runs on a thread of rayon's pool (as inside a parallel
     // region), not on the main thread, which otherwise hands every parallel piece to the pool.
-    let in_pool = std::env::var_os("OP_BENCH_IN_POOL").is_some();
+    let in_pool = std::env::var("OP_BENCH_IN_POOL").is_ok_and(|v| v == "1");
     let mut f = move || {
         if in_pool { rayon::scope(|_| f()) } else { f() }
     };

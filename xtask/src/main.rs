@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo xtask test [--backend flex|ndarray|wgpu|all] [--jobs N]  # default: flex then wgpu, one build,
-//!                                                       # N test binaries at a time (default: cores)
+//!                                                       # N test binaries at a time (default: cores),
+//!                                                       # longest first (xtask/suite-times.tsv)
 //! cargo xtask check-cuda                                # DOCS_RS=1 cargo check --features cuda
 //! cargo xtask fixtures [--python PY] [--verify]         # regenerate fixtures with real PEFT;
 //!                                                       # --verify: PEFT loads our adapters
@@ -67,6 +68,13 @@ fn ensure_vulkan() -> Result<(), String> {
     run(Command::new("apt-get").args(["install", "-y", "-qq", "mesa-vulkan-drivers"]))
 }
 
+/// The seconds each test binary took on wgpu in an earlier run, which `cargo xtask test`
+/// starts longest first; each run writes its own as `target/xtask-suite-times-<backend>.tsv`.
+const SUITE_TIMES: &str = "xtask/suite-times.tsv";
+
+/// The label of the doc tests' job in the suite (and in [`SUITE_TIMES`]).
+const DOC_TESTS: &str = "doc tests (cargo test --doc)";
+
 /// The property tests' seed in `cargo xtask test` (and so in CI), unless `PROPTEST_RNG_SEED`
 /// is set.
 const PROPTEST_SEED: &str = "20261201";
@@ -92,12 +100,29 @@ fn test(backends: &[&str], jobs: usize) -> Result<(), String> {
         TEST_FEATURES,
     ];
     let start = std::time::Instant::now();
-    let binaries = suite::build(cargo(), &root(), &suite)?;
+    let mut binaries = suite::build(cargo(), &root(), &suite)?;
     eprintln!(
         "xtask: built {} test binaries in {:.0} s",
         binaries.len(),
         start.elapsed().as_secs_f64()
     );
+    // The doc tests, compiled and run by cargo, are one more job beside the binaries.
+    binaries.push(suite::TestBinary {
+        label: DOC_TESTS.into(),
+        exe: PathBuf::from(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())),
+        args: ["test"]
+            .into_iter()
+            .chain(suite)
+            .chain(["--doc"])
+            .map(String::from)
+            .collect(),
+        dir: root(),
+    });
+    let times_file = root().join(SUITE_TIMES);
+    match std::fs::read_to_string(&times_file) {
+        Ok(text) => suite::longest_first(&mut binaries, &suite::parse_times(&text, SUITE_TIMES)?),
+        Err(e) => eprintln!("xtask: no {SUITE_TIMES} ({e}): binaries run in cargo's order"),
+    }
     let mut failed = Vec::new();
     for backend in backends {
         eprintln!("xtask: === test suite on {backend}, {jobs} binaries at a time ===");
@@ -107,18 +132,25 @@ fn test(backends: &[&str], jobs: usize) -> Result<(), String> {
             ("XDG_RUNTIME_DIR", runtime.as_str()),
             ("PROPTEST_RNG_SEED", proptest_seed.as_str()),
         ];
-        for label in suite::run(&binaries, jobs, &envs) {
+        let report = suite::run(&binaries, jobs, &envs);
+        for label in report.failed {
             failed.push(format!("{label} on {backend}"));
-        }
-        let doc = run(cargo().arg("test").args(suite).arg("--doc").envs(envs));
-        if let Err(e) = doc {
-            eprintln!("xtask: {e}");
-            failed.push(format!("doc tests on {backend}"));
         }
         eprintln!(
             "xtask: test suite on {backend} took {:.0} s",
             start.elapsed().as_secs_f64()
         );
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target"));
+        let measured = target.join(format!("xtask-suite-times-{backend}.tsv"));
+        let text = format!(
+            "# Seconds each test binary took on {backend} (`cargo xtask test`), longest first.\n{}",
+            suite::format_times(&report.times)
+        );
+        if let Err(e) = std::fs::write(&measured, text) {
+            eprintln!("xtask: cannot write {}: {e}", measured.display());
+        }
     }
     if failed.is_empty() {
         Ok(())
