@@ -547,3 +547,25 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed times parse (a bad line would stop `cargo xtask test` before any test
+    /// runs) and list the doc tests' job under the label the suite gives it.
+    #[test]
+    fn the_committed_suite_times_parse() {
+        let text = std::fs::read_to_string(root().join(SUITE_TIMES)).expect("read the times");
+        let times = suite::parse_times(&text, SUITE_TIMES).expect("parse the times");
+        assert!(
+            times.contains_key(DOC_TESTS),
+            "{SUITE_TIMES} lacks {DOC_TESTS}"
+        );
+        assert!(
+            times.len() > 20,
+            "{SUITE_TIMES} lists {} binaries",
+            times.len()
+        );
+    }
+}
