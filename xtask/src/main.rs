@@ -48,8 +48,13 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
+/// The cargo that runs xtask (`CARGO`), or `cargo` from the path.
+fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    Command::new(cargo_program())
 }
 
 fn has_vulkan() -> bool {
@@ -109,7 +114,7 @@ fn test(backends: &[&str], jobs: usize) -> Result<(), String> {
     // The doc tests, compiled and run by cargo, are one more job beside the binaries.
     binaries.push(suite::TestBinary {
         label: DOC_TESTS.into(),
-        exe: PathBuf::from(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())),
+        exe: PathBuf::from(cargo_program()),
         args: ["test"]
             .into_iter()
             .chain(suite)
