@@ -77,6 +77,11 @@ fn ensure_vulkan() -> Result<(), String> {
 /// starts longest first; each run writes its own as `target/xtask-suite-times-<backend>.tsv`.
 const SUITE_TIMES: &str = "xtask/suite-times.tsv";
 
+/// The times of [`SUITE_TIMES`] from its text, errors naming the file and line.
+fn suite_times(text: &str) -> Result<std::collections::HashMap<String, f64>, String> {
+    suite::parse_times(text, SUITE_TIMES)
+}
+
 /// The label of the doc tests' job in the suite (and in [`SUITE_TIMES`]).
 const DOC_TESTS: &str = "doc tests (cargo test --doc)";
 
@@ -123,9 +128,8 @@ fn test(backends: &[&str], jobs: usize) -> Result<(), String> {
             .collect(),
         dir: root(),
     });
-    let times_file = root().join(SUITE_TIMES);
-    match std::fs::read_to_string(&times_file) {
-        Ok(text) => suite::longest_first(&mut binaries, &suite::parse_times(&text, SUITE_TIMES)?),
+    match std::fs::read_to_string(root().join(SUITE_TIMES)) {
+        Ok(text) => suite::longest_first(&mut binaries, &suite_times(&text)?),
         Err(e) => eprintln!("xtask: no {SUITE_TIMES} ({e}): binaries run in cargo's order"),
     }
     let mut failed = Vec::new();
@@ -562,7 +566,7 @@ mod tests {
     #[test]
     fn the_committed_suite_times_parse() {
         let text = std::fs::read_to_string(root().join(SUITE_TIMES)).expect("read the times");
-        let times = suite::parse_times(&text, SUITE_TIMES).expect("parse the times");
+        let times = suite_times(&text).expect("parse the times");
         assert!(
             times.contains_key(DOC_TESTS),
             "{SUITE_TIMES} lacks {DOC_TESTS}"
