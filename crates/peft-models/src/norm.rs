@@ -34,7 +34,8 @@ impl LayerNorm {
     }
 }
 
-/// Llama's RMSNorm: `x / sqrt(mean(x²) + eps) · weight`.
+/// Llama's RMSNorm: `x / sqrt(mean(x²) + eps) · weight`, one autodiff node
+/// ([`peft_core::nn::rms_norm`]).
 #[derive(Module, Debug)]
 pub struct RmsNorm {
     /// Scale `[d]`.
@@ -57,8 +58,7 @@ impl RmsNorm {
     /// # Shapes
     /// - input and output: `[..., d]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let ms = x.clone().powi_scalar(2).mean_dim(D - 1);
-        x / ms.add_scalar(self.eps).sqrt() * self.weight.val().unsqueeze()
+        peft_core::nn::rms_norm(x, self.weight.val(), self.eps)
     }
 }
 

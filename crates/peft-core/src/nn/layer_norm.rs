@@ -3,7 +3,8 @@
 //! Written with tensor ops, `(x − mean) / sqrt(var + eps) · weight + bias` is about nine tracked
 //! ops under autodiff, each keeping its inputs and each with its own backward. [`layer_norm`] is
 //! one node: the forward also returns the normalised input `x̂` and each row's `1/σ`, and the
-//! backward computes the input, weight and bias gradients from them. On flex both are single
+//! backward computes the input gradient from them, and the weight and bias gradients only when
+//! they are trained. On flex both are single
 //! f32 passes over the rows; other backends compose burn's ops (fused lazily where the backend
 //! fuses).
 
@@ -51,20 +52,26 @@ pub trait LayerNormOps: Backend {
         composed_layer_norm_train::<Self>(x, weight, bias, epsilon)
     }
 
-    /// `(dx, dweight, dbias)` from the saved `x̂` and `rstd`, the weight and the output's
-    /// gradient.
+    /// `(dx, Some(dweight), Some(dbias))` from the saved `x̂` and `rstd`, the weight and the
+    /// output's gradient; `(dx, None, None)` when `param_grads` is not set (frozen
+    /// parameters).
     fn layer_norm_backward(
         xhat: FloatTensor<Self>,
         rstd: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        composed_layer_norm_backward::<Self>(xhat, rstd, weight, grad)
+        param_grads: bool,
+    ) -> (
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+        Option<FloatTensor<Self>>,
+    ) {
+        composed_layer_norm_backward::<Self>(xhat, rstd, weight, grad, param_grads)
     }
 }
 
-/// `[d]` viewed as `[1, …, 1, d]` for a rank-`rank` tensor.
-fn broadcast_row<B: Backend>(v: FloatTensor<B>, rank: usize) -> FloatTensor<B> {
+/// `[d]` viewed as `[1, …, 1, d]` for a rank-`rank` tensor (the norms' weight and bias).
+pub(super) fn broadcast_row<B: Backend>(v: FloatTensor<B>, rank: usize) -> FloatTensor<B> {
     let d = v.shape().num_elements();
     let mut dims = vec![1; rank];
     dims[rank - 1] = d;
@@ -92,25 +99,33 @@ fn composed_layer_norm_train<B: Backend>(
     (y, xhat, rstd)
 }
 
-/// The backward from burn's ops: `dx = rstd ⊙ (g⊙w − mean(g⊙w) − x̂ ⊙ mean(g⊙w⊙x̂))`,
-/// `dweight = Σ_rows g ⊙ x̂`, `dbias = Σ_rows g`.
+/// The backward from burn's ops: `dx = rstd ⊙ (g⊙w − mean(g⊙w) − x̂ ⊙ mean(g⊙w⊙x̂))`, and
+/// when `param_grads` is set `dweight = Σ_rows g ⊙ x̂`, `dbias = Σ_rows g`.
 fn composed_layer_norm_backward<B: Backend>(
     xhat: FloatTensor<B>,
     rstd: FloatTensor<B>,
     weight: FloatTensor<B>,
     grad: FloatTensor<B>,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    param_grads: bool,
+) -> (
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    Option<FloatTensor<B>>,
+) {
     let shape = xhat.shape();
     let rank = shape.num_dims();
     let last = rank - 1;
     let d = shape[last];
     let rows = shape.num_elements() / d.max(1);
     let flat = |t: FloatTensor<B>| B::float_reshape(t, Shape::from([rows, d]));
-    let dweight = B::float_reshape(
-        B::float_sum_dim(flat(B::float_mul(grad.clone(), xhat.clone())), 0),
-        Shape::from([d]),
-    );
-    let dbias = B::float_reshape(B::float_sum_dim(flat(grad.clone()), 0), Shape::from([d]));
+    let dweight = param_grads.then(|| {
+        B::float_reshape(
+            B::float_sum_dim(flat(B::float_mul(grad.clone(), xhat.clone())), 0),
+            Shape::from([d]),
+        )
+    });
+    let dbias = param_grads
+        .then(|| B::float_reshape(B::float_sum_dim(flat(grad.clone()), 0), Shape::from([d])));
     let gw = B::float_mul(grad, broadcast_row::<B>(weight, rank));
     let mean_gw = B::float_mean_dim(gw.clone(), last);
     let mean_gwx = B::float_mean_dim(B::float_mul(gw.clone(), xhat.clone()), last);
@@ -142,15 +157,28 @@ impl LayerNormOps for burn::backend::Flex {
         rstd: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        param_grads: bool,
+    ) -> (
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+        Option<FloatTensor<Self>>,
+    ) {
         let f32_dtype = burn::tensor::DType::F32;
         if [&xhat, &rstd, &weight, &grad]
             .iter()
             .all(|t| t.dtype() == f32_dtype)
         {
-            burn_flex::ops::activation::layer_norm_backward_f32(xhat, rstd, weight, grad)
+            let (dx, params) = burn_flex::ops::activation::layer_norm_backward_f32(
+                xhat,
+                rstd,
+                weight,
+                grad,
+                param_grads,
+            );
+            let (dweight, dbias) = params.unzip();
+            (dx, dweight, dbias)
         } else {
-            composed_layer_norm_backward::<Self>(xhat, rstd, weight, grad)
+            composed_layer_norm_backward::<Self>(xhat, rstd, weight, grad, param_grads)
         }
     }
 }
@@ -177,9 +205,11 @@ impl<B: LayerNormOps> Backward<B, 3> for LayerNormBackward {
         let [x, weight, bias] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (xhat, rstd, w) = ops.state;
-        let (dx, dweight, dbias) = B::layer_norm_backward(xhat, rstd, w, grad);
-        for (parent, g) in [(x, dx), (weight, dweight), (bias, dbias)] {
-            if let Some(parent) = parent {
+        // A frozen weight and bias (a LoRA step's) cost no sums over the rows.
+        let param_grads = weight.is_some() || bias.is_some();
+        let (dx, dweight, dbias) = B::layer_norm_backward(xhat, rstd, w, grad, param_grads);
+        for (parent, g) in [(x, Some(dx)), (weight, dweight), (bias, dbias)] {
+            if let (Some(parent), Some(g)) = (parent, g) {
                 grads.register::<B>(parent.id, g);
             }
         }
@@ -319,5 +349,32 @@ mod tests {
         let g = x.grad(&grads).expect("input gradient");
         let max: f32 = g.abs().max().into_scalar();
         assert!(max < 1e-5, "{max}");
+    }
+
+    #[test]
+    fn frozen_parameters_leave_the_input_gradient_as_it_is() {
+        for device in crate::device::suite_devices() {
+            let device = device.autodiff();
+            let x = Tensor::<3>::random([2, 5, 24], Distribution::Normal(0.0, 1.5), &device);
+            let w = Tensor::<1>::random([24], Distribution::Normal(1.0, 0.3), &device);
+            let b = Tensor::<1>::random([24], Distribution::Default, &device);
+            let up = Tensor::<3>::random([2, 5, 24], Distribution::Default, &device);
+            let input_grad = |trained: bool| {
+                let x = x.clone().detach().require_grad();
+                let (w, b) = (w.clone().detach(), b.clone().detach());
+                let (w, b) = if trained {
+                    (w.require_grad(), b.require_grad())
+                } else {
+                    (w, b)
+                };
+                let grads = (layer_norm(x.clone(), w.clone(), b.clone(), 1e-5) * up.clone())
+                    .sum()
+                    .backward();
+                assert_eq!(w.grad(&grads).is_some(), trained, "{device:?}");
+                assert_eq!(b.grad(&grads).is_some(), trained, "{device:?}");
+                x.grad(&grads).expect("input gradient").into_data()
+            };
+            input_grad(false).assert_approx_eq::<f32>(&input_grad(true), Tolerance::absolute(1e-6));
+        }
     }
 }

@@ -793,8 +793,9 @@ fn layer_norm_train_rows_f32_body(
 }
 
 /// The gradients of [`layer_norm_train_f32`] from its saved `x̂` and `rstd`, the weight, and the
-/// output's gradient `g`: `dx = rstd ⊙ (g⊙w − mean(g⊙w) − x̂ ⊙ mean(g⊙w⊙x̂))` per row,
-/// `dweight = Σ_rows g ⊙ x̂`, `dbias = Σ_rows g`. `dx` is written into `g`'s buffer when the
+/// output's gradient `g`: `dx = rstd ⊙ (g⊙w − mean(g⊙w) − x̂ ⊙ mean(g⊙w⊙x̂))` per row, and,
+/// when `param_grads` is set, `(dweight, dbias)` = `(Σ_rows g ⊙ x̂, Σ_rows g)` (`None`
+/// otherwise: frozen parameters cost nothing). `dx` is written into `g`'s buffer when the
 /// gradient is its only owner.
 ///
 /// # Panics
@@ -805,7 +806,8 @@ pub fn layer_norm_backward_f32(
     rstd: FlexTensor,
     weight: FlexTensor,
     grad: FlexTensor,
-) -> (FlexTensor, FlexTensor, FlexTensor) {
+    param_grads: bool,
+) -> (FlexTensor, Option<(FlexTensor, FlexTensor)>) {
     for t in [&xhat, &rstd, &weight, &grad] {
         assert_eq!(t.dtype(), DType::F32, "layer_norm_backward_f32: not f32");
     }
@@ -829,8 +831,10 @@ pub fn layer_norm_backward_f32(
         "layer_norm_backward_f32: rstd is not one per row"
     );
     let mut dx = owned_contiguous_f32(grad);
-    // dweight then dbias, summed over each task's rows, then over the tasks.
-    let mut sums = vec![0.0f32; 2 * d];
+    // dweight then dbias, summed over each task's rows, then over the tasks; empty when not
+    // wanted.
+    let sums_len = if param_grads { 2 * d } else { 0 };
+    let mut sums = vec![0.0f32; sums_len];
     if d > 0 {
         let g: &mut [f32] = dx.storage_mut();
         #[cfg(feature = "rayon")]
@@ -842,7 +846,7 @@ pub fn layer_norm_backward_f32(
                 .zip(xh.par_chunks(chunk))
                 .zip(rs.par_chunks(LAYER_NORM_ROWS_PER_TASK))
                 .map(|((g, xh), rs)| {
-                    let mut sums = vec![0.0f32; 2 * d];
+                    let mut sums = vec![0.0f32; sums_len];
                     layer_norm_backward_rows_f32(xh, rs, w, g, &mut sums);
                     sums
                 })
@@ -856,7 +860,6 @@ pub fn layer_norm_backward_f32(
         #[cfg(not(feature = "rayon"))]
         layer_norm_backward_rows_f32(xh, rs, w, g, &mut sums);
     }
-    let db = sums.split_off(d);
     let param = |v: Vec<f32>| {
         FlexTensor::new(
             Bytes::from_elems(v),
@@ -864,7 +867,11 @@ pub fn layer_norm_backward_f32(
             DType::F32,
         )
     };
-    (dx, param(sums), param(db))
+    let params = param_grads.then(|| {
+        let db = sums.split_off(d);
+        (param(sums), param(db))
+    });
+    (dx, params)
 }
 
 #[inline]
@@ -878,7 +885,7 @@ fn layer_norm_backward_rows_f32(
     let d = w.len();
     assert_eq!(xh.len(), g.len());
     assert_eq!(xh.len(), rs.len() * d);
-    assert_eq!(sums.len(), 2 * d);
+    assert!(sums.is_empty() || sums.len() == 2 * d);
     #[cfg(feature = "simd")]
     layer_norm_backward_rows_f32_simd(xh, rs, w, g, sums);
     #[cfg(not(feature = "simd"))]
@@ -907,7 +914,8 @@ fn layer_norm_backward_rows_f32_body(
 ) {
     let d = w.len();
     let inv_d = 1.0 / d as f32;
-    let (dw, db) = sums.split_at_mut(d);
+    // Both empty when the parameters' gradients are not wanted.
+    let (dw, db) = sums.split_at_mut(sums.len() / 2);
     for ((xh, &rs), g) in xh.chunks_exact(d).zip(rs).zip(g.chunks_exact_mut(d)) {
         for (((dw, db), &g), &xh) in dw.iter_mut().zip(db.iter_mut()).zip(g.iter()).zip(xh) {
             *dw += g * xh;
@@ -921,6 +929,231 @@ fn layer_norm_backward_rows_f32_body(
         let mean_gwx = dot16(g, xh) * inv_d;
         for (g, &xh) in g.iter_mut().zip(xh) {
             *g = rs * (*g - mean_gw - xh * mean_gwx);
+        }
+    }
+}
+
+// ============================================================================
+// RMS norm for training (f32): Llama's `x / sqrt(mean(x²) + eps) ⊙ weight`
+// ============================================================================
+//
+// Autodiff runs it as about six tracked ops (square, mean, add, sqrt, divide, scale). These two
+// kernels let an autodiff wrapper run it as one node that keeps only its input (which its caller
+// holds anyway) and each row's `1/rms`.
+
+/// The f32 RMS norm over the last dim: `y = x ⊙ rstd ⊙ weight` with
+/// `rstd = 1 / sqrt(mean(x²) + eps)` per row, returned with `rstd` (the shape of `x` with a last
+/// dim of 1).
+///
+/// # Panics
+///
+/// * If a tensor is not f32, or `weight` is not `[d]` for `x` `[..., d]`.
+pub fn rms_norm_train_f32(
+    x: FlexTensor,
+    weight: FlexTensor,
+    epsilon: f64,
+) -> (FlexTensor, FlexTensor) {
+    for t in [&x, &weight] {
+        assert_eq!(t.dtype(), DType::F32, "rms_norm_train_f32: not f32");
+    }
+    let shape = x.layout().shape().clone();
+    let d = *shape.last().expect("rms_norm_train_f32: rank 0");
+    assert_eq!(
+        weight.layout().shape().to_vec(),
+        [d],
+        "rms_norm_train_f32: weight is not [{d}]"
+    );
+    let x = x.to_contiguous();
+    let weight = weight.to_contiguous();
+    let x_data: &[f32] = x.as_slice().expect("contiguous");
+    let w: &[f32] = weight.as_slice().expect("contiguous");
+    let n = x_data.len();
+    let rows = if d == 0 { 0 } else { n / d };
+    // SAFETY: the row kernels write every element of `y` (`n` is 0 when `d` is).
+    let mut y = unsafe { crate::par::uninit_vec::<f32>(n) };
+    let mut rstd = vec![0.0f32; rows];
+    let eps = epsilon as f32;
+    if d > 0 {
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            let chunk = LAYER_NORM_ROWS_PER_TASK * d;
+            y.par_chunks_mut(chunk)
+                .zip(rstd.par_chunks_mut(LAYER_NORM_ROWS_PER_TASK))
+                .zip(x_data.par_chunks(chunk))
+                .for_each(|((y, r), x)| rms_norm_train_rows_f32(x, w, eps, y, r));
+        }
+        #[cfg(not(feature = "rayon"))]
+        rms_norm_train_rows_f32(x_data, w, eps, &mut y, &mut rstd);
+    }
+    let mut rstd_shape = shape.clone();
+    let last = rstd_shape.num_dims() - 1;
+    rstd_shape[last] = 1;
+    let tensor =
+        |v: Vec<f32>, s| FlexTensor::new(Bytes::from_elems(v), Layout::contiguous(s), DType::F32);
+    (tensor(y, shape), tensor(rstd, rstd_shape))
+}
+
+#[inline]
+fn rms_norm_train_rows_f32(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32]) {
+    let d = w.len();
+    assert_eq!(x.len(), y.len());
+    assert_eq!(x.len(), rstd.len() * d);
+    #[cfg(feature = "simd")]
+    rms_norm_train_rows_f32_simd(x, w, eps, y, rstd);
+    #[cfg(not(feature = "simd"))]
+    rms_norm_train_rows_f32_body(x, w, eps, y, rstd);
+}
+
+#[cfg(feature = "simd")]
+#[macerator::with_simd]
+fn rms_norm_train_rows_f32_simd<S: macerator::Simd>(
+    x: &[f32],
+    w: &[f32],
+    eps: f32,
+    y: &mut [f32],
+    rstd: &mut [f32],
+) {
+    rms_norm_train_rows_f32_body(x, w, eps, y, rstd);
+}
+
+#[inline(always)]
+fn rms_norm_train_rows_f32_body(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32]) {
+    let d = w.len();
+    let inv_d = 1.0 / d as f32;
+    for ((x, y), r) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).zip(rstd.iter_mut()) {
+        let rs = 1.0 / (dot16(x, x) * inv_d + eps).sqrt();
+        *r = rs;
+        // (x · rstd) · weight, in transformers' order.
+        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+            *y = (x * rs) * w;
+        }
+    }
+}
+
+/// The gradients of [`rms_norm_train_f32`] from its input `x`, saved `rstd`, the weight and the
+/// output's gradient `g`: with `x̂ = x ⊙ rstd`, `dx = rstd ⊙ (g⊙w − x̂ ⊙ mean(g⊙w⊙x̂))` per row,
+/// and, when `weight_grad` is set, `dweight = Σ_rows g ⊙ x̂` (`None` otherwise: a frozen weight
+/// costs nothing). `dx` is written into `g`'s buffer when the gradient is its only owner.
+///
+/// # Panics
+///
+/// * If a tensor is not f32 or the shapes disagree.
+pub fn rms_norm_backward_f32(
+    x: FlexTensor,
+    rstd: FlexTensor,
+    weight: FlexTensor,
+    grad: FlexTensor,
+    weight_grad: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
+    for t in [&x, &rstd, &weight, &grad] {
+        assert_eq!(t.dtype(), DType::F32, "rms_norm_backward_f32: not f32");
+    }
+    let shape = x.layout().shape().clone();
+    assert_eq!(
+        &shape,
+        grad.layout().shape(),
+        "rms_norm_backward_f32: input and gradient shapes differ"
+    );
+    let d = *shape.last().expect("rms_norm_backward_f32: rank 0");
+    let x = x.to_contiguous();
+    let (rstd, weight) = (rstd.to_contiguous(), weight.to_contiguous());
+    let xs: &[f32] = x.as_slice().expect("contiguous");
+    let rs: &[f32] = rstd.as_slice().expect("contiguous");
+    let w: &[f32] = weight.as_slice().expect("contiguous");
+    assert_eq!(w.len(), d, "rms_norm_backward_f32: weight is not [{d}]");
+    let rows = if d == 0 { 0 } else { xs.len() / d };
+    assert_eq!(
+        rs.len(),
+        rows,
+        "rms_norm_backward_f32: rstd is not one per row"
+    );
+    let mut dx = owned_contiguous_f32(grad);
+    // dweight, summed over each task's rows, then over the tasks; empty when not wanted.
+    let mut dw = vec![0.0f32; if weight_grad { d } else { 0 }];
+    if d > 0 {
+        let g: &mut [f32] = dx.storage_mut();
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            let chunk = LAYER_NORM_ROWS_PER_TASK * d;
+            let partial: Vec<Vec<f32>> = g
+                .par_chunks_mut(chunk)
+                .zip(xs.par_chunks(chunk))
+                .zip(rs.par_chunks(LAYER_NORM_ROWS_PER_TASK))
+                .map(|((g, xs), rs)| {
+                    let mut dw = vec![0.0f32; if weight_grad { d } else { 0 }];
+                    rms_norm_backward_rows_f32(xs, rs, w, g, &mut dw);
+                    dw
+                })
+                .collect();
+            for p in partial {
+                for (s, p) in dw.iter_mut().zip(p) {
+                    *s += p;
+                }
+            }
+        }
+        #[cfg(not(feature = "rayon"))]
+        rms_norm_backward_rows_f32(xs, rs, w, g, &mut dw);
+    }
+    let dw = weight_grad.then(|| {
+        FlexTensor::new(
+            Bytes::from_elems(dw),
+            Layout::contiguous([d].into()),
+            DType::F32,
+        )
+    });
+    (dx, dw)
+}
+
+/// `dw` is empty when the weight's gradient is not wanted, else `[d]`.
+#[inline]
+fn rms_norm_backward_rows_f32(xs: &[f32], rs: &[f32], w: &[f32], g: &mut [f32], dw: &mut [f32]) {
+    let d = w.len();
+    assert_eq!(xs.len(), g.len());
+    assert_eq!(xs.len(), rs.len() * d);
+    assert!(dw.is_empty() || dw.len() == d);
+    #[cfg(feature = "simd")]
+    rms_norm_backward_rows_f32_simd(xs, rs, w, g, dw);
+    #[cfg(not(feature = "simd"))]
+    rms_norm_backward_rows_f32_body(xs, rs, w, g, dw);
+}
+
+#[cfg(feature = "simd")]
+#[macerator::with_simd]
+fn rms_norm_backward_rows_f32_simd<S: macerator::Simd>(
+    xs: &[f32],
+    rs: &[f32],
+    w: &[f32],
+    g: &mut [f32],
+    dw: &mut [f32],
+) {
+    rms_norm_backward_rows_f32_body(xs, rs, w, g, dw);
+}
+
+#[inline(always)]
+fn rms_norm_backward_rows_f32_body(
+    xs: &[f32],
+    rs: &[f32],
+    w: &[f32],
+    g: &mut [f32],
+    dw: &mut [f32],
+) {
+    let d = w.len();
+    let inv_d = 1.0 / d as f32;
+    for ((x, &rs), g) in xs.chunks_exact(d).zip(rs).zip(g.chunks_exact_mut(d)) {
+        if !dw.is_empty() {
+            for ((dw, &g), &x) in dw.iter_mut().zip(g.iter()).zip(x) {
+                *dw += g * (x * rs);
+            }
+        }
+        // g ⊙ w in place; mean(g⊙w⊙x̂) = rstd · mean(g⊙w⊙x).
+        for (g, &w) in g.iter_mut().zip(w) {
+            *g *= w;
+        }
+        let scale = rs * rs * dot16(g, x) * inv_d;
+        for (g, &x) in g.iter_mut().zip(x) {
+            *g = rs * (*g - x * scale);
         }
     }
 }
@@ -2174,14 +2407,22 @@ mod tests {
             eps,
         );
         assert_eq!(rstd.layout().shape().to_vec(), [rows, 1]);
-        let (dx, dw, db) = crate::ops::activation::layer_norm_backward_f32(
-            xhat.clone(),
-            rstd.clone(),
-            flex_f32(w.clone(), &[d]),
-            flex_f32(g.clone(), &[rows, d]),
-        );
+        let backward = |param_grads| {
+            crate::ops::activation::layer_norm_backward_f32(
+                xhat.clone(),
+                rstd.clone(),
+                flex_f32(w.clone(), &[d]),
+                flex_f32(g.clone(), &[rows, d]),
+                param_grads,
+            )
+        };
+        let (dx, params) = backward(true);
+        let (dx_frozen, none) = backward(false);
+        assert!(none.is_none(), "parameter gradients nobody asked for");
+        let (dw, db) = params.expect("the parameters' gradients");
         let f = |t: FlexTensor| t.into_data().try_into_vec::<f32>().unwrap();
         let (y, xhat, rstd, dx, dw, db) = (f(y), f(xhat), f(rstd), f(dx), f(dw), f(db));
+        assert_eq!(dx, f(dx_frozen), "the input gradient depends on the parameters'");
         let mut want_dw = vec![0.0f64; d];
         let mut want_db = vec![0.0f64; d];
         for r in 0..rows {
@@ -2216,6 +2457,71 @@ mod tests {
         for j in 0..d {
             assert!((dw[j] as f64 - want_dw[j]).abs() <= 1e-4, "dweight[{j}]");
             assert!((db[j] as f64 - want_db[j]).abs() <= 1e-4, "dbias[{j}]");
+        }
+    }
+
+    #[test]
+    fn test_rms_norm_train_and_backward_match_the_jacobian_in_f64() {
+        // 70 rows > LAYER_NORM_ROWS_PER_TASK (32): the weight sum adds three tasks' partial
+        // sums; rows of 37 cover the SIMD body and a tail.
+        let (rows, d, eps) = (70, 37, 1e-6);
+        let x: Vec<f32> = (0..rows * d)
+            .map(|i| ((i * 7919 % 101) as f32) * 0.03 - 1.5)
+            .collect();
+        let w: Vec<f32> = (0..d).map(|j| 0.5 + j as f32 * 0.05).collect();
+        let g: Vec<f32> = (0..rows * d)
+            .map(|i| ((i * 31 % 89) as f32) * 0.02 - 0.9)
+            .collect();
+        let (y, rstd) = crate::ops::activation::rms_norm_train_f32(
+            flex_f32(x.clone(), &[rows, d]),
+            flex_f32(w.clone(), &[d]),
+            eps,
+        );
+        assert_eq!(rstd.layout().shape().to_vec(), [rows, 1]);
+        let backward = |weight_grad| {
+            crate::ops::activation::rms_norm_backward_f32(
+                flex_f32(x.clone(), &[rows, d]),
+                rstd.clone(),
+                flex_f32(w.clone(), &[d]),
+                flex_f32(g.clone(), &[rows, d]),
+                weight_grad,
+            )
+        };
+        let (dx, dw) = backward(true);
+        let (dx_frozen, none) = backward(false);
+        assert!(none.is_none(), "a weight gradient nobody asked for");
+        let f = |t: FlexTensor| t.into_data().try_into_vec::<f32>().unwrap();
+        let dw = f(dw.expect("the weight gradient"));
+        let (y, rstd, dx, dx_frozen) = (f(y), f(rstd.clone()), f(dx), f(dx_frozen));
+        assert_eq!(dx, dx_frozen, "the input gradient depends on the weight's");
+        let mut want_dw = vec![0.0f64; d];
+        for r in 0..rows {
+            let row: Vec<f64> = x[r * d..][..d].iter().map(|&v| v as f64).collect();
+            let ms = row.iter().map(|v| v * v).sum::<f64>() / d as f64;
+            let rs = 1.0 / (ms + eps).sqrt();
+            assert!((rstd[r] as f64 - rs).abs() <= 1e-5 * rs, "row {r}: rstd");
+            let gr = &g[r * d..][..d];
+            for j in 0..d {
+                let at = r * d + j;
+                let want_y = row[j] * rs * w[j] as f64;
+                assert!((y[at] as f64 - want_y).abs() <= 1e-5, "y[{r},{j}]");
+                // ∂(x_i rstd)/∂x_j = rstd (δ_ij − x_i x_j rstd² / d)
+                let mut want_dx = 0.0f64;
+                for i in 0..d {
+                    let delta = if i == j { 1.0 } else { 0.0 };
+                    let jac = rs * (delta - row[i] * row[j] * rs * rs / d as f64);
+                    want_dx += gr[i] as f64 * w[i] as f64 * jac;
+                }
+                assert!(
+                    (dx[at] as f64 - want_dx).abs() <= 1e-4,
+                    "dx[{r},{j}]: {} vs {want_dx}",
+                    dx[at]
+                );
+                want_dw[j] += gr[j] as f64 * row[j] * rs;
+            }
+        }
+        for j in 0..d {
+            assert!((dw[j] as f64 - want_dw[j]).abs() <= 1e-4, "dweight[{j}]");
         }
     }
 }
