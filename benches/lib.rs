@@ -1,6 +1,29 @@
 //! Criterion benchmarks for peft-rs; run with `cargo xtask bench criterion`; the method-comparison
 //! guide is `guide/` (`cargo xtask bench`). Helpers the benchmark binaries share live here.
 
+use peft_models::OptConfig;
+use serde_json::{Value, json};
+
+/// transformers' `OPTConfig` keyword arguments for `c` (dropout off: the Rust models have none):
+/// what the guide's PyTorch worker and `pytorch_ops.py` (through `op-bench --opt-configs`) build
+/// transformers' OPT from, so that both sides run the same architecture.
+pub fn transformers_opt_config(c: &OptConfig) -> Value {
+    json!({
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "ffn_dim": c.ffn_dim,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "max_position_embeddings": c.max_position_embeddings,
+        "word_embed_proj_dim": c.word_embed_proj_dim.unwrap_or(c.hidden_size),
+        "do_layer_norm_before": c.do_layer_norm_before,
+        "enable_bias": c.enable_bias,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+    })
+}
+
 /// The confidence the interval of a median ([`Spread::lo`]–[`Spread::hi`]) has at least, where
 /// the samples allow it (five or more).
 pub const MEDIAN_CONFIDENCE: f64 = 0.90;

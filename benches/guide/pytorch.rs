@@ -30,25 +30,6 @@ pub fn probe(python: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// transformers' `OPTConfig` keyword arguments for `config` (dropout off: the Rust models have
-/// none).
-fn transformers_config(c: &OptConfig) -> Value {
-    json!({
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "ffn_dim": c.ffn_dim,
-        "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": c.num_attention_heads,
-        "max_position_embeddings": c.max_position_embeddings,
-        "word_embed_proj_dim": c.word_embed_proj_dim.unwrap_or(c.hidden_size),
-        "do_layer_norm_before": c.do_layer_norm_before,
-        "enable_bias": c.enable_bias,
-        "tie_word_embeddings": c.tie_word_embeddings,
-        "dropout": 0.0,
-        "attention_dropout": 0.0,
-    })
-}
-
 /// A running `pytorch.py --worker` holding every row of one model.
 pub struct Worker {
     child: Child,
@@ -84,7 +65,7 @@ impl Worker {
         let keys: Vec<&str> = methods.iter().map(|m| m.key()).collect();
         let setup = worker.ask(&json!({
             "cmd": "setup",
-            "config": transformers_config(config),
+            "config": peft_benches::transformers_opt_config(config),
             "methods": keys,
             "batch": s.batch,
             "seq": s.seq,
@@ -147,7 +128,7 @@ pub fn memory(
     threads: usize,
 ) -> Result<u64, String> {
     let spec = json!({
-        "config": transformers_config(config),
+        "config": peft_benches::transformers_opt_config(config),
         "method": method.key(),
         "batch": s.batch,
         "seq": s.seq,

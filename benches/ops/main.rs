@@ -1,12 +1,18 @@
 //! `op-bench`: the products and element-wise ops of an OPT-125m training step (batch 4 × 256)
 //! and of a decoding step (one token), timed one at a time on the default device, to find the
-//! ops that run far below PyTorch's rate; and the whole OPT-125m and OPT-350m forward of 1 and
-//! 256 tokens (pytorch_ops.py runs transformers' OPT on the same shapes).
+//! ops that run far below PyTorch's rate; the attention and a Llama RMS norm forward and backward
+//! (op by op and as one node); and the whole OPT-125m and OPT-350m forward of 1 and 256 tokens
+//! (pytorch_ops.py runs transformers' OPT on the same shapes).
 //!
 //! ```text
 //! BURN_DEVICE=flex target/release/op-bench [FILTER]        # ours
 //! python3 benches/ops/pytorch_ops.py [FILTER]               # the same ops in PyTorch
+//! target/release/op-bench --opt-configs                     # the OPT cases' transformers configs
 //! ```
+//!
+//! `pytorch_ops.py` builds transformers' OPT for the forward cases from `--opt-configs` (the
+//! presets of `peft_models::OptConfig`, through the guide's `transformers_opt_config`), so build
+//! op-bench first.
 //!
 //! Each op runs 2 times untimed, then 9 timed (`OP_BENCH_CALLS=N`: N, for profiling one case;
 //! `OP_BENCH_IN_POOL=1`: each call on a thread of rayon's pool instead of the main thread);
@@ -63,7 +69,31 @@ fn time(name: &str, flop: f64, mut f: impl FnMut() -> f32 + Send) {
     );
 }
 
+/// One of the OPT forward cases' models: label, configuration preset and parameter count (for
+/// the FLOP rate).
+type OptModel = (&'static str, fn() -> peft_models::OptConfig, f64);
+
+/// The OPT forward cases' models; `op-bench --opt-configs` prints them for `pytorch_ops.py`.
+const OPT_MODELS: [OptModel; 2] = [
+    ("OPT-125m", peft_models::OptConfig::opt_125m, 124e6),
+    ("OPT-350m", peft_models::OptConfig::opt_350m, 331e6),
+];
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--opt-configs") {
+        let configs: serde_json::Map<String, serde_json::Value> = OPT_MODELS
+            .iter()
+            .map(|(label, config, params)| {
+                let config = peft_benches::transformers_opt_config(&config());
+                (
+                    label.to_string(),
+                    serde_json::json!({"config": config, "params": params}),
+                )
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(configs));
+        return;
+    }
     // As `peft` does.
     peft_train::memory::retain_freed_memory();
     let device = Device::default();
@@ -153,15 +183,7 @@ fn main() {
     // The whole OPT-125m and OPT-350m forward of a decoding step and of a prompt (no
     // gradients): products plus every small op around them. pytorch_ops.py runs transformers'
     // OPT on the same shapes (the guide's merged single-token and prompt rows).
-    let models = [
-        (
-            "OPT-125m",
-            peft_models::OptConfig::opt_125m as fn() -> _,
-            124e6,
-        ),
-        ("OPT-350m", peft_models::OptConfig::opt_350m, 331e6),
-    ];
-    for ((label, config, params), seq) in models.iter().flat_map(|m| [(m, 1usize), (m, 256)]) {
+    for ((label, config, params), seq) in OPT_MODELS.iter().flat_map(|m| [(m, 1usize), (m, 256)]) {
         let name = format!("{label} forward, {seq} tokens");
         if std::env::args().nth(1).is_some_and(|f| !name.contains(&f)) {
             continue;
@@ -277,6 +299,31 @@ fn main() {
     );
     time("attention fwd+bwd 350m, one node", attention_flop, || {
         step(true)
+    });
+
+    // A Llama RMSNorm in a LoRA step (4 × 256 tokens, 2048 wide as Llama 3.2 1B, the weight
+    // frozen), forward and backward: burn's ops, as peft-models wrote it before the node, and
+    // the node.
+    let xs = Tensor::<3>::random([4, 256, 2048], Distribution::Normal(0.0, 1.0), &ad);
+    let norm_weight = Tensor::<1>::random([2048], Distribution::Normal(1.0, 0.1), &ad);
+    let up_norm = Tensor::<3>::random([4, 256, 2048], Distribution::Default, &ad);
+    let norm_step = |fused: bool| {
+        let x = xs.clone().require_grad();
+        let y = if fused {
+            peft_core::nn::rms_norm(x.clone(), norm_weight.clone(), 1e-5)
+        } else {
+            let ms = x.clone().powi_scalar(2).mean_dim(2);
+            x.clone() / ms.add_scalar(1e-5).sqrt() * norm_weight.clone().unsqueeze()
+        };
+        let grads = (y * up_norm.clone()).sum().backward();
+        x.grad(&grads)
+            .map_or(f32::NAN, |g| first(g.unsqueeze::<4>()))
+    };
+    time("RMSNorm fwd+bwd [4,256,2048], ops", 0.0, || {
+        norm_step(false)
+    });
+    time("RMSNorm fwd+bwd [4,256,2048], one node", 0.0, || {
+        norm_step(true)
     });
 
     let a = random([1, 1, d, 16]);

@@ -2,8 +2,14 @@
 
     python3 benches/ops/pytorch_ops.py [FILTER]
 
-Two threads (the project's CI machine has two cores), no autograd.
+It first runs `op-bench --opt-configs` (target/release/op-bench, or the program OP_BENCH names),
+whose transformers configs the OPT forward cases are built from, so build op-bench first. Two
+threads (the project's CI machine has two cores), no autograd.
 """
+import json
+import os
+import pathlib
+import subprocess
 import sys
 import time
 
@@ -26,6 +32,20 @@ def bench(name, flop, f):
     samples.sort()
     rate = f"{flop / samples[4] / 1e9:6.1f} GFLOP/s" if flop else ""
     print(f"{name:42} {samples[4] * 1e3:8.2f} ms ({samples[0] * 1e3:.2f}–{samples[8] * 1e3:.2f}) {rate}")
+
+
+def opt_configs():
+    """The OPT forward cases' transformers configs and parameter counts, as op-bench prints them
+    (`op-bench --opt-configs`: the presets of peft-models' `OptConfig`)."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    op_bench = os.environ.get("OP_BENCH", str(root / "target" / "release" / "op-bench"))
+    try:
+        out = subprocess.run([op_bench, "--opt-configs"], check=True, capture_output=True,
+                             text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        sys.exit(f"pytorch_ops.py: cannot run `{op_bench} --opt-configs` ({e}); build it with "
+                 "`cargo build --release -p peft-benches --bin op-bench` or set OP_BENCH")
+    return json.loads(out)
 
 
 def main():
@@ -62,21 +82,17 @@ def main():
 
         bench("1 token, 12 layers' products", 12 * 12 * flop / tokens, decoder)
     # The whole forward of a decoding step and of a prompt: transformers' OPT, random weights,
-    # as op-bench's "OPT-… forward" cases and the guide's merged inference rows.
-    for label, hidden, layers, heads, proj, pre_ln, params in (
-        ("OPT-125m", 768, 12, 12, 768, True, 124e6),
-        ("OPT-350m", 1024, 24, 16, 512, False, 331e6),
-    ):
+    # as op-bench's "OPT-… forward" cases and the guide's merged inference rows, built from the
+    # configs op-bench prints.
+    for label, model_spec in opt_configs().items():
         for seq in (1, 256):
             name = f"{label} forward, {seq} tokens"
             if FILTER is not None and FILTER not in name:
                 continue
             from transformers import OPTConfig, OPTForCausalLM
 
-            config = OPTConfig(hidden_size=hidden, ffn_dim=4 * hidden, num_hidden_layers=layers,
-                               num_attention_heads=heads, word_embed_proj_dim=proj,
-                               do_layer_norm_before=pre_ln, dropout=0.0, attention_dropout=0.0)
-            model = OPTForCausalLM(config).float().eval()
+            params = model_spec["params"]
+            model = OPTForCausalLM(OPTConfig(**model_spec["config"])).float().eval()
             ids = torch.randint(0, 50000, (1, seq))
             with torch.no_grad():
                 bench(name, 2 * params * seq, lambda: model(input_ids=ids).logits)
@@ -117,6 +133,21 @@ def main():
             (out * upa).sum().backward()
 
     bench("attention fwd+bwd 350m, SDPA is_causal", 6 * 2 * 64 * 256 * 256 * 64, sdpa_step)
+    # op-bench's Llama RMSNorm in a LoRA step (frozen weight), forward and backward: transformers'
+    # LlamaRMSNorm.
+    if FILTER is None or FILTER in "RMSNorm fwd+bwd [4,256,2048]":
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+        norm = LlamaRMSNorm(2048, eps=1e-5)
+        norm.weight.requires_grad_(False)
+        xs, up_norm = torch.randn(4, 256, 2048), r(4, 256, 2048)
+
+        def norm_step():
+            with torch.enable_grad():
+                x = xs.detach().requires_grad_()
+                (norm(x) * up_norm).sum().backward()
+
+        bench("RMSNorm fwd+bwd [4,256,2048]", 0, norm_step)
     a, b, xa = r(d, 16), r(16, d), r(tokens, 16)
     lora_flop = 2 * tokens * d * 16
     bench("LoRA x·A [1024,768]·[768,16]", lora_flop, lambda: x @ a)
