@@ -74,7 +74,7 @@ pub fn adamw_step_f32(
             }
             (owned_contiguous_f32(m), owned_contiguous_f32(v), false)
         }
-        None => (zeros_f32(&shape), zeros_f32(&shape), true),
+        None => (first_moment_f32(&shape), first_moment_f32(&shape), true),
     };
     {
         let (ps, ms, vs): (&mut [f32], &mut [f32], &mut [f32]) =
@@ -133,11 +133,15 @@ fn adamw_chunk_f32(
     }
 }
 
-fn zeros_f32(shape: &burn_std::Shape) -> FlexTensor {
+/// A first step's moment buffer, not zeroed: the first step's loop writes every element before
+/// any is read (`m ← g·(1 − β₁)`, `v ← g²·(1 − β₂)`).
+fn first_moment_f32(shape: &burn_std::Shape) -> FlexTensor {
     let n = shape.num_elements();
-    let zeros: Vec<f32> = alloc::vec![0.0; n];
+    // SAFETY: `adamw_chunk_f32` with `first` set writes `m[i]` and `v[i]` for every `i` before
+    // reading them, and the chunks cover the whole buffer.
+    let moment: Vec<f32> = unsafe { crate::par::uninit_vec(n) };
     FlexTensor::new(
-        Bytes::from_elems(zeros),
+        Bytes::from_elems(moment),
         Layout::contiguous(shape.clone()),
         DType::F32,
     )
