@@ -353,28 +353,9 @@ mod tests {
 
     #[test]
     fn frozen_parameters_leave_the_input_gradient_as_it_is() {
-        for device in crate::device::suite_devices() {
-            let device = device.autodiff();
-            let x = Tensor::<3>::random([2, 5, 24], Distribution::Normal(0.0, 1.5), &device);
-            let w = Tensor::<1>::random([24], Distribution::Normal(1.0, 0.3), &device);
-            let b = Tensor::<1>::random([24], Distribution::Default, &device);
-            let up = Tensor::<3>::random([2, 5, 24], Distribution::Default, &device);
-            let input_grad = |trained: bool| {
-                let x = x.clone().detach().require_grad();
-                let (w, b) = (w.clone().detach(), b.clone().detach());
-                let (w, b) = if trained {
-                    (w.require_grad(), b.require_grad())
-                } else {
-                    (w, b)
-                };
-                let grads = (layer_norm(x.clone(), w.clone(), b.clone(), 1e-5) * up.clone())
-                    .sum()
-                    .backward();
-                assert_eq!(w.grad(&grads).is_some(), trained, "{device:?}");
-                assert_eq!(b.grad(&grads).is_some(), trained, "{device:?}");
-                x.grad(&grads).expect("input gradient").into_data()
-            };
-            input_grad(false).assert_approx_eq::<f32>(&input_grad(true), Tolerance::absolute(1e-6));
-        }
+        let params = [Distribution::Normal(1.0, 0.3), Distribution::Default];
+        super::super::frozen_norm_check::frozen_params_leave_the_input_gradient(&params, |x, p| {
+            layer_norm(x, p[0].clone(), p[1].clone(), 1e-5)
+        });
     }
 }

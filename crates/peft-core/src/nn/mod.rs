@@ -5,6 +5,8 @@
 mod attention;
 mod embedding;
 mod factored;
+#[cfg(test)]
+mod frozen_norm_check;
 mod layer_norm;
 mod linear;
 mod rms_norm;
