@@ -1,8 +1,9 @@
 //! `op-bench`: the products and element-wise ops of an OPT-125m training step (batch 4 × 256)
 //! and of a decoding step (one token), timed one at a time on the default device, to find the
 //! ops that run far below PyTorch's rate; the attention and a Llama RMS norm forward and backward
-//! (op by op and as one node); and the whole OPT-125m and OPT-350m forward of 1 and 256 tokens
-//! (pytorch_ops.py runs transformers' OPT on the same shapes).
+//! (op by op and as one node); and the whole OPT-125m, OPT-350m and OPT-1.3b forward of 1 and 256
+//! tokens (pytorch_ops.py runs transformers' OPT on the same shapes; OPT-1.3b's 5.3 GB of random
+//! weights take about half a minute to draw).
 //!
 //! ```text
 //! BURN_DEVICE=flex target/release/op-bench [FILTER]        # ours
@@ -74,9 +75,10 @@ fn time(name: &str, flop: f64, mut f: impl FnMut() -> f32 + Send) {
 type OptModel = (&'static str, fn() -> peft_models::OptConfig, f64);
 
 /// The OPT forward cases' models; `op-bench --opt-configs` prints them for `pytorch_ops.py`.
-const OPT_MODELS: [OptModel; 2] = [
+const OPT_MODELS: [OptModel; 3] = [
     ("OPT-125m", peft_models::OptConfig::opt_125m, 124e6),
     ("OPT-350m", peft_models::OptConfig::opt_350m, 331e6),
+    ("OPT-1.3b", peft_models::OptConfig::opt_1_3b, 1316e6),
 ];
 
 fn main() {
@@ -180,9 +182,9 @@ fn main() {
         });
     }
 
-    // The whole OPT-125m and OPT-350m forward of a decoding step and of a prompt (no
-    // gradients): products plus every small op around them. pytorch_ops.py runs transformers'
-    // OPT on the same shapes (the guide's merged single-token and prompt rows).
+    // The whole OPT forward of a decoding step and of a prompt (no gradients): products plus
+    // every small op around them. pytorch_ops.py runs transformers' OPT on the same shapes (the
+    // guide's merged single-token and prompt rows).
     for ((label, config, params), seq) in OPT_MODELS.iter().flat_map(|m| [(m, 1usize), (m, 256)]) {
         let name = format!("{label} forward, {seq} tokens");
         if std::env::args().nth(1).is_some_and(|f| !name.contains(&f)) {

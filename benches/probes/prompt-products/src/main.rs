@@ -1,0 +1,138 @@
+//! The products of a 256-token prompt (OPT-1.3b's q, fc1, fc2 and head; OPT-125m's fc1 and
+//! head), `x·W` with `x` row-major `[tokens, d_in]` and `W` as burn stores a Linear weight
+//! (`[d_in, d_out]`), or `x·Eᵀ` for the head, as burn-flex hands them to `gemm`. The
+//! configurations in CFGS (`;`-separated, `default` or `VAR=value` for probe.patch's switches)
+//! run interleaved, one call each per round; every result must equal the first bit for bit.
+use std::time::Instant;
+
+struct Shape {
+    name: &'static str,
+    m: usize,
+    k: usize,
+    n: usize,
+    /// The right-hand side stored `[n, k]` row-major (the head's embedding).
+    rhs_t: bool,
+}
+
+fn run(s: &Shape, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let (rhs_cs, rhs_rs) = if s.rhs_t {
+        (s.k as isize, 1)
+    } else {
+        (1, s.n as isize)
+    };
+    // SAFETY: the slices hold m·k, k·n and m·n values in the layouts the strides describe.
+    unsafe {
+        gemm::gemm(
+            s.m,
+            s.n,
+            s.k,
+            c.as_mut_ptr(),
+            1,
+            s.n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            s.k as isize,
+            b.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+fn set_config(cfg: &str) {
+    // SAFETY: the probe is single-threaded between calls; gemm's threads read these only
+    // inside a call.
+    unsafe {
+        for var in ["GEMM_ROW_SPLIT", "GEMM_PF", "GEMM_VCOPY"] {
+            std::env::remove_var(var);
+        }
+        if let Some((var, value)) = cfg.split_once('=') {
+            std::env::set_var(var, value);
+        }
+    }
+}
+
+fn main() {
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9);
+    let warm = std::env::var("WARM").is_ok();
+    let cfgs: Vec<String> = std::env::var("CFGS")
+        .unwrap_or("default;GEMM_ROW_SPLIT=1;GEMM_PF=16;GEMM_VCOPY=1".into())
+        .split(';')
+        .map(String::from)
+        .collect();
+    let t = 256;
+    #[rustfmt::skip]
+    let shapes = [
+        Shape { name: "1.3b q x·W 256x2048x2048", m: t, k: 2048, n: 2048, rhs_t: false },
+        Shape { name: "1.3b fc1 x·W 256x2048x8192", m: t, k: 2048, n: 8192, rhs_t: false },
+        Shape { name: "1.3b fc2 x·W 256x8192x2048", m: t, k: 8192, n: 2048, rhs_t: false },
+        Shape { name: "1.3b head x·Et 256x2048x50272", m: t, k: 2048, n: 50272, rhs_t: true },
+        Shape { name: "125m fc1 x·W 256x768x3072", m: t, k: 768, n: 3072, rhs_t: false },
+        Shape { name: "125m head x·Et 256x768x50272", m: t, k: 768, n: 50272, rhs_t: true },
+    ];
+    let mut flush = vec![0u8; 512 << 20];
+    for s in shapes.iter().filter(|s| s.name.contains(&filter)) {
+        let a: Vec<f32> = (0..s.m * s.k)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3)
+            .collect();
+        let b: Vec<f32> = (0..s.k * s.n)
+            .map(|i| ((i * 104729) % 997) as f32 * 1e-3)
+            .collect();
+        let mut c = vec![0f32; s.m * s.n];
+        let mut times = vec![Vec::new(); cfgs.len()];
+        let mut first: Option<Vec<f32>> = None;
+        for round in 0..=rounds {
+            for (ci, cfg) in cfgs.iter().enumerate() {
+                set_config(cfg);
+                if !warm {
+                    flush.iter_mut().for_each(|x| *x = x.wrapping_add(1));
+                }
+                let t0 = Instant::now();
+                run(s, &a, &b, &mut c);
+                let dt = t0.elapsed().as_secs_f64();
+                if round > 0 {
+                    times[ci].push(dt);
+                }
+                match &first {
+                    None => first = Some(c.clone()),
+                    Some(f) => assert!(f == &c, "{cfg}: the result differs from the first"),
+                }
+            }
+        }
+        let packs: Vec<usize> = gemm_common::gemm::PACKS
+            .iter()
+            .map(|p| p.swap(0, std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        let calls = (rounds + 1) * cfgs.len();
+        let flop = 2.0 * (s.m * s.k * s.n) as f64;
+        for (ci, cfg) in cfgs.iter().enumerate() {
+            let v = &mut times[ci];
+            v.sort_by(f64::total_cmp);
+            let median = v[v.len() / 2];
+            println!(
+                "{:32} {cfg:16} {:8.2} ms ({:.2}–{:.2}) {:6.1} GFLOP/s",
+                s.name,
+                median * 1e3,
+                v[0] * 1e3,
+                v[v.len() - 1] * 1e3,
+                flop / median / 1e9
+            );
+        }
+        println!(
+            "{:32} weight panels packed per call, by thread: {:?}",
+            s.name,
+            packs.iter().map(|p| p / calls).collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,41 @@
+"""PyTorch's side of the prompt-products probe: the same products (the weight as PyTorch stores
+it, [out, in]) through F.linear and through F.linear with a bias (addmm), interleaved, 2
+threads, 512 MiB written between calls unless WARM is set. ROUNDS timed rounds (default 15)
+after one untimed."""
+
+import os
+import time
+
+import torch
+
+torch.set_num_threads(2)
+T = 256
+SHAPES = [
+    ("1.3b q x·W 256x2048x2048", 2048, 2048),
+    ("1.3b fc1 x·W 256x2048x8192", 2048, 8192),
+    ("1.3b fc2 x·W 256x8192x2048", 8192, 2048),
+    ("1.3b head x·Et 256x2048x50272", 2048, 50272),
+    ("125m fc1 x·W 256x768x3072", 768, 3072),
+    ("125m head x·Et 256x768x50272", 768, 50272),
+]
+rounds = int(os.environ.get("ROUNDS", "15"))
+warm = "WARM" in os.environ
+flush = torch.zeros(128 << 20)
+print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+for name, k, n in SHAPES:
+    x, w, b = torch.rand(T, k), torch.rand(n, k), torch.rand(n)
+    times = {"linear": [], "addmm": []}
+    for r in range(rounds + 1):
+        for label in times:
+            if not warm:
+                flush.add_(1)
+            t0 = time.perf_counter()
+            torch.nn.functional.linear(x, w, b if label == "addmm" else None)
+            dt = time.perf_counter() - t0
+            if r > 0:
+                times[label].append(dt)
+    for label, v in times.items():
+        v.sort()
+        m = v[len(v) // 2]
+        print(f"{name:32} {label:6} {m * 1e3:8.2f} ms ({v[0] * 1e3:.2f}–{v[-1] * 1e3:.2f})"
+              f" {2 * T * k * n / m / 1e9:6.1f} GFLOP/s")
