@@ -200,6 +200,34 @@ fn main() {
         });
     }
 
+    // A decoding step with a key/value cache: one new token after a 256-token prompt, as
+    // `generate` runs every token after the first (pytorch_ops.py: transformers' step with
+    // `past_key_values`, its cache cropped back to the prompt after each call). Each call
+    // starts from the prompt's cache, which the step appends to (a copy, as transformers'
+    // `torch.cat` makes one).
+    for (label, config, params) in &OPT_MODELS {
+        let name = format!("{label} decoding step, 256 cached");
+        if std::env::args().nth(1).is_some_and(|f| !name.contains(&f)) {
+            continue;
+        }
+        use peft_models::{CausalLm, KvCache};
+        let model = config().init(&device).expect("valid OPT config");
+        let ids =
+            |n| Tensor::<2>::random([1, n], Distribution::Uniform(0.0, 50000.0), &device).int();
+        let mut prompt = KvCache::new();
+        model
+            .forward_cached(ids(256), &mut prompt)
+            .expect("256 positions fit");
+        let token = ids(1);
+        time(&name, 2.0 * params, || {
+            let mut cache = prompt.clone();
+            let logits = model
+                .forward_cached(token.clone(), &mut cache)
+                .expect("257 positions fit");
+            logits.slice([0..1, 0..1]).into_scalar::<f32>()
+        });
+    }
+
     let embedding = random([1, 1, vocab, d]);
     let head_flop = |rows: usize| 2.0 * (rows * d * vocab) as f64;
     for rows in [1, 80, 256, 512, 1024] {

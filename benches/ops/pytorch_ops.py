@@ -97,6 +97,27 @@ def main():
             with torch.no_grad():
                 bench(name, 2 * params * seq, lambda: model(input_ids=ids).logits)
             del model
+    # A decoding step with a key/value cache: one new token after a 256-token prompt (op-bench's
+    # "decoding step, 256 cached"); the cache is cropped back to the prompt after each call
+    # (`crop(-1)` drops the last position; transformers 5 takes the count to remove).
+    for label, model_spec in opt_configs().items():
+        name = f"{label} decoding step, 256 cached"
+        if FILTER is not None and FILTER not in name:
+            continue
+        from transformers import OPTConfig, OPTForCausalLM
+
+        model = OPTForCausalLM(OPTConfig(**model_spec["config"])).float().eval()
+        with torch.no_grad():
+            cache = model(input_ids=torch.randint(0, 50000, (1, 256)), use_cache=True).past_key_values
+            token = torch.randint(0, 50000, (1, 1))
+
+            def step():
+                logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits
+                cache.crop(-1)  # the step's token: back to the prompt's 256
+                return logits
+
+            bench(name, 2 * model_spec["params"], step)
+        del model, cache
     embedding = r(vocab, d)
     for rows in [1, 80, 256, 512, 1024]:
         xs, g = r(rows, d), r(rows, vocab)

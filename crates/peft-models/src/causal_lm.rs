@@ -1,10 +1,12 @@
-//! What every decoder here offers: logits for token ids, input checks and greedy generation.
+//! What every decoder here offers: logits for token ids, decoding with a key/value cache, input
+//! checks and greedy generation.
 
 use burn::module::{Module, ParamId};
 use burn::tensor::{Int, Tensor, TensorData};
 use peft_core::nn::Embedding;
 
 use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
 
 /// A causal language model: token ids in, next-token logits out.
 pub trait CausalLm: Module + Sized {
@@ -59,6 +61,20 @@ pub trait CausalLm: Module + Sized {
         x
     }
 
+    /// The logits of the last of `ids`' positions, which follow the positions `cache` holds
+    /// (none in a new cache); `ids`' keys and values are appended to `cache`. This is decoding
+    /// with a cache, as transformers' `generate` does it: the prompt once, then one token a
+    /// step that attends to the cached keys and values instead of running the whole sequence
+    /// again, and the head on the last position alone (`logits_to_keep=1`). With a new cache
+    /// the logits are [`forward`](Self::forward)'s last position.
+    ///
+    /// Fails when `ids` is empty, holds another number of sequences than the cache, or the
+    /// cached and new positions together exceed [`max_positions`](Self::max_positions).
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch, seq]`; output: `[batch, vocab]`
+    fn forward_cached(&self, ids: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<2>>;
+
     /// Vocabulary size.
     fn vocab_size(&self) -> usize;
 
@@ -99,7 +115,7 @@ pub trait CausalLm: Module + Sized {
         Ok(())
     }
 
-    /// Greedy decoding (transformers' `generate(do_sample=False)` without a cache): appends the
+    /// Greedy decoding (transformers' `generate(do_sample=False)`, with a [`KvCache`]): appends the
     /// most likely token `max_new_tokens` times. A row that produced an end-of-sequence token is
     /// padded with `pad_token_id` from then on; decoding stops early when every row has.
     ///
@@ -124,28 +140,30 @@ pub trait CausalLm: Module + Sized {
             .collect();
         let eos = self.eos_token_ids();
         let mut done = vec![false; batch];
+        // The prompt first, then each step's new tokens, against the cached keys and values.
+        let mut cache = KvCache::new();
+        let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+        let mut input = Tensor::<2, Int>::from_data(TensorData::new(flat, [batch, seq]), &device);
         for _ in 0..max_new_tokens {
             let len = rows[0].len();
             if self.max_positions().is_some_and(|m| len >= m) || done.iter().all(|d| *d) {
                 break;
             }
-            let flat: Vec<i64> = rows.iter().flatten().copied().collect();
-            let input = Tensor::<2, Int>::from_data(TensorData::new(flat, [batch, len]), &device);
-            let vocab = self.vocab_size();
             let last = self
-                .forward(input)
-                .narrow(1, len - 1, 1)
-                .reshape([batch, vocab])
+                .forward_cached(input, &mut cache)?
                 .argmax(1)
                 .into_data()
                 .convert::<i64>()
                 .try_into_vec::<i64>()
                 .map_err(|e| ModelError::Input(format!("{e:?}")))?;
+            let mut step = Vec::with_capacity(batch);
             for (i, row) in rows.iter_mut().enumerate() {
                 let next = if done[i] { pad_token_id } else { last[i] };
                 done[i] |= eos.contains(&next);
                 row.push(next);
+                step.push(next);
             }
+            input = Tensor::from_data(TensorData::new(step, [batch, 1]), &device);
         }
         let len = rows[0].len();
         let flat: Vec<i64> = rows.into_iter().flatten().collect();

@@ -15,6 +15,7 @@ use crate::attention::{causal_attention, merge_heads, split_heads};
 use crate::causal_lm::{CausalLm, OutputWeight, tied_logits};
 use crate::checkpoint::Checkpoint;
 use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
 use crate::norm::RmsNorm;
 
 fn eps() -> f64 {
@@ -118,8 +119,14 @@ impl Rope {
             .collect()
     }
 
-    /// `cos` and `sin` tables `[seq, head_dim]` for positions `0..seq`.
-    pub fn tables(&self, seq: usize, head_dim: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    /// `cos` and `sin` tables `[seq, head_dim]` for positions `start..start + seq`.
+    pub fn tables(
+        &self,
+        start: usize,
+        seq: usize,
+        head_dim: usize,
+        device: &Device,
+    ) -> (Tensor<2>, Tensor<2>) {
         let inv = self.inv_freq(head_dim);
         let half = head_dim / 2;
         let mut cos = vec![0f32; seq * head_dim];
@@ -127,7 +134,7 @@ impl Rope {
         for p in 0..seq {
             for (i, f) in inv.iter().enumerate() {
                 // transformers computes the angles in f32.
-                let angle = (p as f32) * (*f as f32);
+                let angle = ((start + p) as f32) * (*f as f32);
                 for j in [i, i + half] {
                     cos[p * head_dim + j] = angle.cos();
                     sin[p * head_dim + j] = angle.sin();
@@ -340,10 +347,27 @@ fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
 impl LlamaAttention {
     /// `[batch, seq, d]` → `[batch, seq, d]`; `cos`/`sin` are `[1, 1, seq, head_dim]`.
     pub fn forward(&self, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<3> {
+        self.forward_with(x, cos, sin, None)
+    }
+
+    /// [`forward`](Self::forward); with a cache, for the positions after those it holds for
+    /// block `.1`, whose keys and values it appends.
+    pub(crate) fn forward_with(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
         let q = split_heads(self.q_proj.forward(x.clone()), self.heads, self.head_dim);
         let k = split_heads(self.k_proj.forward(x.clone()), self.kv_heads, self.head_dim);
         let v = split_heads(self.v_proj.forward(x), self.kv_heads, self.head_dim);
         let (q, k) = (rotate(q, cos, sin), rotate(k, cos, sin));
+        // Cached keys are stored rotated, as transformers' cache holds them.
+        let (k, v) = match cache {
+            Some((cache, block)) => cache.append(block, k, v),
+            None => (k, v),
+        };
         let out = causal_attention(q, k, v, (self.head_dim as f64).powf(-0.5));
         self.o_proj.forward(merge_heads(out))
     }
@@ -384,10 +408,20 @@ pub struct LlamaDecoderLayer {
 impl LlamaDecoderLayer {
     /// `[batch, seq, d]` → `[batch, seq, d]`.
     pub fn forward(&self, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin);
+        self.forward_with(x, cos, sin, None)
+    }
+
+    /// [`forward`](Self::forward); with a cache, for the positions after those it holds for
+    /// block `.1`, whose keys and values it appends.
+    pub(crate) fn forward_with(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
+        let h = self.input_layernorm.forward(x.clone());
+        let x = x + self.self_attn.forward_with(h, cos, sin, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }
@@ -438,26 +472,39 @@ impl LlamaForCausalLm {
 
 impl LlamaForCausalLm {
     /// RoPE's `cos`/`sin` tables for `seq` positions, `[1, 1, seq, head_dim]`.
-    fn rope_tables(&self, seq: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    fn rope_tables(&self, start: usize, seq: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
         let head_dim = self
             .model
             .layers
             .first()
             .map(|l| l.self_attn.head_dim)
             .unwrap_or(2);
-        let (cos, sin) = self.rope.tables(seq, head_dim, device);
+        let (cos, sin) = self.rope.tables(start, seq, head_dim, device);
         (cos.unsqueeze::<4>(), sin.unsqueeze::<4>())
     }
 }
 
 impl CausalLm for LlamaForCausalLm {
     fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        let (cos, sin) = self.rope_tables(ids.dims()[1], &ids.device());
+        let (cos, sin) = self.rope_tables(0, ids.dims()[1], &ids.device());
         let mut x = self.model.embed_tokens.forward(ids);
         for layer in &self.model.layers {
             x = layer.forward(x, &cos, &sin);
         }
         self.head(x)
+    }
+
+    fn forward_cached(&self, ids: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<2>> {
+        let [batch, seq] = ids.dims();
+        let past = cache.check_next(batch, seq, Some(self.max_positions))?;
+        let (cos, sin) = self.rope_tables(past, seq, &ids.device());
+        let mut x = self.model.embed_tokens.forward(ids);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            x = layer.forward_with(x, &cos, &sin, Some((cache, i)));
+        }
+        let logits = self.head(x.narrow(1, seq - 1, 1));
+        let vocab = logits.dims()[2];
+        Ok(logits.reshape([batch, vocab]))
     }
 
     fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
@@ -469,7 +516,7 @@ impl CausalLm for LlamaForCausalLm {
     }
 
     fn block(&self, i: usize, x: Tensor<3>) -> Tensor<3> {
-        let (cos, sin) = self.rope_tables(x.dims()[1], &x.device());
+        let (cos, sin) = self.rope_tables(0, x.dims()[1], &x.device());
         self.model.layers[i].forward(x, &cos, &sin)
     }
 

@@ -15,6 +15,7 @@ use crate::attention::{causal_attention, merge_heads, split_heads};
 use crate::causal_lm::{CausalLm, OutputWeight, tied_logits};
 use crate::checkpoint::Checkpoint;
 use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
 use crate::norm::LayerNorm;
 
 /// The position offset of OPT's learned position embedding (padding positions).
@@ -238,11 +239,25 @@ pub struct OptAttention {
 impl OptAttention {
     /// `[batch, seq, d]` → `[batch, seq, d]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_with(x, None)
+    }
+
+    /// [`forward`](Self::forward); with a cache, for the positions after those it holds for
+    /// block `.1`, whose keys and values it appends.
+    pub(crate) fn forward_with(
+        &self,
+        x: Tensor<3>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
         let d = x.dims()[2];
         let head_dim = d / self.heads;
         let q = split_heads(self.q_proj.forward(x.clone()), self.heads, head_dim);
         let k = split_heads(self.k_proj.forward(x.clone()), self.heads, head_dim);
         let v = split_heads(self.v_proj.forward(x), self.heads, head_dim);
+        let (k, v) = match cache {
+            Some((cache, block)) => cache.append(block, k, v),
+            None => (k, v),
+        };
         let out = causal_attention(q, k, v, (head_dim as f64).powf(-0.5));
         self.out_proj.forward(merge_heads(out))
     }
@@ -268,13 +283,23 @@ pub struct OptDecoderLayer {
 impl OptDecoderLayer {
     /// `[batch, seq, d]` → `[batch, seq, d]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_with(x, None)
+    }
+
+    /// [`forward`](Self::forward); with a cache, for the positions after those it holds for
+    /// block `.1`, whose keys and values it appends.
+    pub(crate) fn forward_with(
+        &self,
+        x: Tensor<3>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
         let pre = self.pre_layer_norm;
         let h = if pre {
             self.self_attn_layer_norm.forward(x.clone())
         } else {
             x.clone()
         };
-        let mut x = x + self.self_attn.forward(h);
+        let mut x = x + self.self_attn.forward_with(h, cache);
         if !pre {
             x = self.self_attn_layer_norm.forward(x);
         }
@@ -354,6 +379,11 @@ impl OptForCausalLm {
     /// - ids: `[batch, seq]`
     /// - output: `[batch, seq, hidden_size]`
     pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.embed_from(ids, 0)
+    }
+
+    /// [`embed`](Self::embed) of positions `past..past + seq` (those after `past` cached ones).
+    fn embed_from(&self, ids: Tensor<2, Int>, past: usize) -> Tensor<3> {
         let d = &self.model.decoder;
         let [batch, seq] = ids.dims();
         let device = ids.device();
@@ -361,12 +391,10 @@ impl OptForCausalLm {
         if let Some(p) = &d.project_in {
             x = p.forward(x);
         }
-        let positions = Tensor::<1, Int>::arange(
-            POSITION_OFFSET as i64..(seq + POSITION_OFFSET) as i64,
-            &device,
-        )
-        .unsqueeze::<2>()
-        .expand([batch, seq]);
+        let first = past + POSITION_OFFSET;
+        let positions = Tensor::<1, Int>::arange(first as i64..(first + seq) as i64, &device)
+            .unsqueeze::<2>()
+            .expand([batch, seq]);
         x + d.embed_positions.forward(positions)
     }
 
@@ -408,6 +436,18 @@ impl OptForCausalLm {
 impl CausalLm for OptForCausalLm {
     fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         self.forward_embeds(OptForCausalLm::embed(self, ids))
+    }
+
+    fn forward_cached(&self, ids: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<2>> {
+        let [batch, seq] = ids.dims();
+        let past = cache.check_next(batch, seq, Some(self.max_positions))?;
+        let mut x = self.embed_from(ids, past);
+        for (i, layer) in self.model.decoder.layers.iter().enumerate() {
+            x = layer.forward_with(x, Some((cache, i)));
+        }
+        let logits = self.final_stage(x.narrow(1, seq - 1, 1));
+        let vocab = logits.dims()[2];
+        Ok(logits.reshape([batch, vocab]))
     }
 
     fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {

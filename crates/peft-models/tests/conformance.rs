@@ -4,10 +4,10 @@
 
 mod common;
 
-use burn::tensor::TensorData;
+use burn::tensor::{Tensor, TensorData};
 use common::*;
 use peft_lora::{InjectOptions, LoraModel};
-use peft_models::{AnyCausalLm, CausalLm, ModelError, with_model};
+use peft_models::{AnyCausalLm, CausalLm, KvCache, ModelError, with_model};
 
 fn load(name: &str) -> AnyCausalLm {
     AnyCausalLm::load(models().join(name).join("checkpoint"), &device()).unwrap()
@@ -23,6 +23,63 @@ fn base_logits_equal_transformers() {
         let expected = read(&format!("{name}/expected.safetensors"));
         let got = load(name).forward(input_ids(&device())).into_data();
         assert_close(&format!("{name} logits"), &got, &expected["logits"], 1e-4);
+    }
+}
+
+/// Decoding with a key/value cache: the prompt's first two positions, then two more at once
+/// (new queries after cached keys, causally masked among themselves), then one at a time. After
+/// each chunk the logits of its last position equal transformers' at that position, for every
+/// model (learned positions and RoPE, tied and untied heads) and every sequence of the batch.
+#[test]
+fn cached_decoding_equals_transformers_logits() {
+    for (name, _) in MODELS {
+        let expected = read(&format!("{name}/expected.safetensors"))["logits"].clone();
+        let expected = Tensor::<3>::from_data(expected, &device());
+        let [batch, seq, vocab] = expected.dims();
+        assert!(
+            seq >= 6,
+            "{name}: the fixture's sequence is too short for this test"
+        );
+        let ids = input_ids(&device());
+        let model = load(name);
+        let mut cache = KvCache::new();
+        let mut start = 0;
+        for chunk in [2, 2].into_iter().chain(std::iter::repeat(1)) {
+            if start + chunk > seq {
+                break;
+            }
+            let got = with_model!(&model, m => m.forward_cached(
+                ids.clone().narrow(1, start, chunk),
+                &mut cache,
+            ))
+            .unwrap();
+            start += chunk;
+            assert_eq!(cache.len(), start, "{name}");
+            assert_eq!(got.dims(), [batch, vocab], "{name}");
+            let want = expected
+                .clone()
+                .narrow(1, start - 1, 1)
+                .reshape([batch, vocab]);
+            assert_close(
+                &format!("{name} cached logits at position {}", start - 1),
+                &got.into_data(),
+                &want.into_data(),
+                1e-4,
+            );
+        }
+        // Past the model's positions, and another batch: errors, not panics.
+        let positions = with_model!(&model, m => m.max_positions()).unwrap();
+        let too_long = ids.clone().narrow(1, 0, 1).repeat_dim(1, positions);
+        let err = with_model!(&model, m => m.forward_cached(too_long, &mut cache)).unwrap_err();
+        assert!(matches!(err, ModelError::Input(_)), "{name}: {err}");
+        let one_row = ids.clone().narrow(0, 0, 1).narrow(1, 0, 1);
+        if batch > 1 {
+            let err = with_model!(&model, m => m.forward_cached(one_row, &mut cache)).unwrap_err();
+            assert!(
+                err.to_string().contains("a cache serves one batch"),
+                "{name}: {err}"
+            );
+        }
     }
 }
 

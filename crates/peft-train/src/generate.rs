@@ -1,11 +1,12 @@
 //! Text generation: greedy decoding as transformers' `generate(do_sample=False)`, or seeded
 //! sampling with transformers' temperature and top-p warpers, one token at a time.
 //!
-//! Each step runs the whole sequence through the model (no key/value cache): exact, and cheap
-//! for the short prompts and small models this is used with; long generations cost O(n²).
+//! The prompt runs once; each later step runs only the new token, against the keys and values
+//! the model keeps in a [`KvCache`] (as transformers' `generate` does), and the head only on the
+//! last position.
 
 use burn::tensor::{Int, Tensor, TensorData};
-use peft_models::CausalLm;
+use peft_models::{CausalLm, KvCache};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -115,7 +116,9 @@ pub fn generate<M: CausalLm>(
     }
     let device = model.devices().first().cloned().unwrap_or_default();
     let mut rng = options.sampling.map(|s| ChaCha8Rng::seed_from_u64(s.seed));
-    let mut ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+    let mut len = prompt.len();
+    let mut input = prompt.iter().map(|&t| i64::from(t)).collect::<Vec<_>>();
+    let mut cache = KvCache::new();
     let mut tokens = Vec::new();
     loop {
         if tokens.len() == options.max_new_tokens {
@@ -124,18 +127,15 @@ pub fn generate<M: CausalLm>(
                 finish: Finish::Length,
             });
         }
-        if ids.len() >= positions {
+        if len >= positions {
             return Ok(Generation {
                 tokens,
                 finish: Finish::Positions,
             });
         }
-        let n = ids.len();
-        let input = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, n]), &device);
-        let logits = model
-            .forward(input)
-            .slice([0..1, n - 1..n])
-            .reshape([vocab]);
+        let n = input.len();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(input, [1, n]), &device);
+        let logits = model.forward_cached(ids, &mut cache)?.reshape([vocab]);
         let logits: Vec<f32> = logits
             .into_data()
             .convert::<f32>()
@@ -146,7 +146,8 @@ pub fn generate<M: CausalLm>(
             _ => argmax(&logits),
         };
         tokens.push(next);
-        ids.push(i64::from(next));
+        input = vec![i64::from(next)];
+        len += 1;
         on_token(next)?;
         if options.stop.contains(&next) {
             return Ok(Generation {
