@@ -2,7 +2,8 @@
 //! and of a decoding step (one token), timed one at a time on the default device, to find the
 //! ops that run far below PyTorch's rate; the attention and a Llama RMS norm forward and backward
 //! (op by op and as one node); and the whole OPT-125m, OPT-350m and OPT-1.3b forward of 1 and 256
-//! tokens (pytorch_ops.py runs transformers' OPT on the same shapes; OPT-1.3b's 5.3 GB of random
+//! tokens, a decoding step after 256 cached tokens and a greedy generation of 32 tokens after 256
+//! (pytorch_ops.py runs transformers' OPT on the same shapes; OPT-1.3b's 5.3 GB of random
 //! weights take about half a minute to draw).
 //!
 //! ```text
@@ -202,9 +203,9 @@ fn main() {
 
     // A decoding step with a key/value cache: one new token after a 256-token prompt, as
     // `generate` runs every token after the first (pytorch_ops.py: transformers' step with
-    // `past_key_values`, its cache cropped back to the prompt after each call). Each call
-    // starts from the prompt's cache, which the step appends to (a copy, as transformers'
-    // `torch.cat` makes one).
+    // `past_key_values`). After each call the cache is truncated back to the prompt, as
+    // pytorch_ops.py crops transformers'; the cache has room for the step, as `generate`
+    // reserves it, so the step writes its keys and values in place.
     for (label, config, params) in &OPT_MODELS {
         let name = format!("{label} decoding step, 256 cached");
         if std::env::args().nth(1).is_some_and(|f| !name.contains(&f)) {
@@ -214,17 +215,42 @@ fn main() {
         let model = config().init(&device).expect("valid OPT config");
         let ids =
             |n| Tensor::<2>::random([1, n], Distribution::Uniform(0.0, 50000.0), &device).int();
-        let mut prompt = KvCache::new();
+        let mut cache = KvCache::with_capacity(257);
         model
-            .forward_cached(ids(256), &mut prompt)
+            .forward_cached(ids(256), &mut cache)
             .expect("256 positions fit");
         let token = ids(1);
         time(&name, 2.0 * params, || {
-            let mut cache = prompt.clone();
             let logits = model
                 .forward_cached(token.clone(), &mut cache)
                 .expect("257 positions fit");
+            cache.truncate(256);
             logits.slice([0..1, 0..1]).into_scalar::<f32>()
+        });
+    }
+
+    // Greedy generation of 32 tokens after a 256-token prompt, as a user runs it: the prompt
+    // once, then 31 decoding steps against the growing cache (pytorch_ops.py: transformers'
+    // `generate` with `min_new_tokens` 32, so neither side stops early). The FLOP rate counts the
+    // prompt's and the steps' products.
+    for (label, config, params) in &OPT_MODELS {
+        let name = format!("{label} generate 32 after 256");
+        if std::env::args().nth(1).is_some_and(|f| !name.contains(&f)) {
+            continue;
+        }
+        use peft_models::CausalLm;
+        let model = config().init(&device).expect("valid OPT config");
+        // Ids from 3 on: no end-of-sequence token in the prompt.
+        let prompt = Tensor::<2>::random([1, 256], Distribution::Uniform(3.0, 50000.0), &device);
+        let prompt = prompt.int();
+        time(&name, 2.0 * params * 287.0, || {
+            let out = model
+                .generate(prompt.clone(), 32, 1)
+                .expect("288 positions fit");
+            // Random weights could pick the end-of-sequence token; then the row is shorter
+            // than transformers' and not comparable.
+            assert_eq!(out.dims(), [1, 288], "generation stopped early");
+            out.dims()[1] as f32
         });
     }
 

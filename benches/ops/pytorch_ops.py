@@ -118,6 +118,27 @@ def main():
 
             bench(name, 2 * model_spec["params"], step)
         del model, cache
+    # Greedy generation of 32 tokens after a 256-token prompt (op-bench's "generate 32 after
+    # 256"): `generate` with its DynamicCache, `min_new_tokens` so that it never stops early.
+    for label, model_spec in opt_configs().items():
+        name = f"{label} generate 32 after 256"
+        if FILTER is not None and FILTER not in name:
+            continue
+        from transformers import OPTConfig, OPTForCausalLM
+
+        model = OPTForCausalLM(OPTConfig(**model_spec["config"])).float().eval()
+        prompt = torch.randint(3, 50000, (1, 256))
+
+        def generate():
+            out = model.generate(
+                prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=1
+            )
+            assert out.shape == (1, 288), out.shape
+            return out
+
+        with torch.no_grad():
+            bench(name, 2 * model_spec["params"] * 287, generate)
+        del model
     embedding = r(vocab, d)
     for rows in [1, 80, 256, 512, 1024]:
         xs, g = r(rows, d), r(rows, vocab)

@@ -6,13 +6,19 @@ use burn::tensor::Tensor;
 use crate::error::{ModelError, Result};
 
 /// Per decoder block, the keys and values of every position seen so far, as transformers'
-/// `DynamicCache` keeps them: each step appends its new positions along the sequence axis.
+/// `DynamicCache` keeps them, in buffers with room to spare: a step writes its new positions in
+/// place, without copying the cached ones, and attention reads the filled positions through a
+/// view. A full buffer is reallocated at twice the size (at most the model's positions), so the
+/// copies are amortised; [`with_capacity`](Self::with_capacity) reserves a generation's
+/// positions up front and avoids them.
 ///
 /// A cache belongs to one model and one batch of sequences; start a new one (or
-/// [`clear`](Self::clear) it) for another prompt.
+/// [`clear`](Self::clear) it) for another prompt. A clone shares the buffers until either side
+/// appends, which then copies (tensors are never changed under a holder).
 ///
 /// # Shapes
-/// - keys and values of block `i`: `[batch, kv_heads, len, head_dim]`
+/// - keys and values of block `i`: `[batch, kv_heads, len, head_dim]` (buffers `[batch,
+///   kv_heads, capacity, head_dim]`)
 ///
 /// ```
 /// use burn::tensor::{Device, Int, Tensor};
@@ -23,28 +29,75 @@ use crate::error::{ModelError, Result};
 /// (config.vocab_size, config.hidden_size, config.ffn_dim) = (100, 32, 64);
 /// (config.num_hidden_layers, config.num_attention_heads, config.word_embed_proj_dim) = (2, 4, Some(32));
 /// let model = config.init(&device)?;
-/// let mut cache = KvCache::new();
+/// let mut cache = KvCache::with_capacity(4); // the prompt and one step
 /// let prompt = Tensor::<2, Int>::from_data([[5, 6, 7]], &device);
 /// let logits = model.forward_cached(prompt, &mut cache)?; // the prompt's last position
 /// let next = logits.argmax(1); // [1, 1]
 /// let logits = model.forward_cached(next, &mut cache)?; // the fourth position alone
 /// assert_eq!((logits.dims(), cache.len()), ([1, 100], 4));
+/// cache.truncate(3); // back to the prompt, as transformers' `crop(3)`
+/// assert_eq!(cache.len(), 3);
 /// # Ok::<(), peft_models::ModelError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    blocks: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    blocks: Vec<Option<Block>>,
+    /// Positions to allocate for at the first append (at least the positions appended).
+    reserve: usize,
+    /// The model's positions, once known: buffers never grow past them.
+    limit: Option<usize>,
+}
+
+/// One block's buffers and how many of their positions are filled.
+#[derive(Debug, Clone)]
+struct Block {
+    keys: Tensor<4>,
+    values: Tensor<4>,
+    len: usize,
+}
+
+impl Block {
+    fn capacity(&self) -> usize {
+        self.keys.dims()[2]
+    }
+
+    /// The filled positions, as views of the buffers.
+    fn filled(&self) -> (Tensor<4>, Tensor<4>) {
+        (
+            self.keys.clone().narrow(2, 0, self.len),
+            self.values.clone().narrow(2, 0, self.len),
+        )
+    }
+}
+
+/// `buffer`'s first `len` positions in a buffer of `capacity` positions, zeros after them.
+fn regrow(buffer: Tensor<4>, len: usize, capacity: usize) -> Tensor<4> {
+    let [batch, heads, _, dim] = buffer.dims();
+    let spare = Tensor::zeros(
+        [batch, heads, capacity - len, dim],
+        (&buffer.device(), buffer.dtype()),
+    );
+    Tensor::cat(vec![buffer.narrow(2, 0, len), spare], 2)
 }
 
 impl KvCache {
-    /// An empty cache.
+    /// An empty cache, whose buffers start at the first append's size.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An empty cache whose buffers start with room for `positions` positions (a prompt and
+    /// the tokens to generate), so that no step reallocates them.
+    pub fn with_capacity(positions: usize) -> Self {
+        Self {
+            reserve: positions,
+            ..Self::default()
+        }
+    }
+
     /// Positions held (those of the first block).
     pub fn len(&self) -> usize {
-        self.first().map_or(0, |k| k.dims()[2])
+        self.first().map_or(0, |b| b.len)
     }
 
     /// Whether no position is held yet.
@@ -52,19 +105,28 @@ impl KvCache {
         self.len() == 0
     }
 
-    /// Forgets every position.
+    /// Forgets every position and frees the buffers.
     pub fn clear(&mut self) {
         self.blocks.clear();
     }
 
-    fn first(&self) -> Option<&Tensor<4>> {
-        self.blocks.first().and_then(|b| b.as_ref()).map(|(k, _)| k)
+    /// Keeps the first `len` positions and forgets the rest, keeping the buffers (transformers'
+    /// `DynamicCache.crop(len)`): to decode again from a shared prefix, such as a prompt. A
+    /// `len` at or past [`len`](Self::len) changes nothing.
+    pub fn truncate(&mut self, len: usize) {
+        for block in self.blocks.iter_mut().flatten() {
+            block.len = block.len.min(len);
+        }
+    }
+
+    fn first(&self) -> Option<&Block> {
+        self.blocks.first().and_then(Option::as_ref)
     }
 
     /// Checks that `seq` new positions of `batch` sequences can follow the cached ones in a
     /// model of `max_positions`; returns the number cached (the new positions' first index).
     pub(crate) fn check_next(
-        &self,
+        &mut self,
         batch: usize,
         seq: usize,
         max_positions: Option<usize>,
@@ -75,7 +137,11 @@ impl KvCache {
             )));
         }
         let past = self.len();
-        if let Some(cached) = self.first().map(|k| k.dims()[0])
+        if past == 0 && self.first().is_some_and(|b| b.keys.dims()[0] != batch) {
+            // Truncated to nothing: another batch starts afresh.
+            self.blocks.clear();
+        }
+        if let Some(cached) = self.first().map(|b| b.keys.dims()[0])
             && cached != batch
         {
             return Err(ModelError::Input(format!(
@@ -89,11 +155,12 @@ impl KvCache {
                 "{past} cached and {seq} new positions exceed the model's {max} positions"
             )));
         }
+        self.limit = max_positions;
         Ok(past)
     }
 
     /// Appends block `block`'s new keys and values and returns all of the block's, cached
-    /// positions first.
+    /// positions first (views of its buffers).
     ///
     /// # Shapes
     /// - `k`, `v`: `[batch, kv_heads, new, head_dim]`
@@ -107,12 +174,44 @@ impl KvCache {
         if self.blocks.len() <= block {
             self.blocks.resize(block + 1, None);
         }
-        let (k, v) = match self.blocks[block].take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
+        let [batch, heads, new, dim] = k.dims();
+        let vdim = v.dims()[3];
+        let (mut b, len) = match self.blocks[block].take() {
+            Some(b) => {
+                let len = b.len;
+                (b, len)
+            }
+            None => {
+                let capacity = self.reserve.max(new);
+                let device = k.device();
+                let zeros = |d| Tensor::zeros([batch, heads, capacity, d], (&device, k.dtype()));
+                let b = Block {
+                    keys: zeros(dim),
+                    values: zeros(vdim),
+                    len: 0,
+                };
+                (b, 0)
+            }
         };
-        self.blocks[block] = Some((k.clone(), v.clone()));
-        (k, v)
+        let needed = len + new;
+        if needed > b.capacity() {
+            let doubled = 2 * b.capacity();
+            let capacity = needed.max(self.limit.map_or(doubled, |m| doubled.min(m)));
+            b.keys = regrow(b.keys, len, capacity);
+            b.values = regrow(b.values, len, capacity);
+        }
+        // In place when the cache holds the only reference to the buffers (the views of the
+        // previous step are gone); a copy otherwise.
+        b.keys = b
+            .keys
+            .slice_assign([0..batch, 0..heads, len..needed, 0..dim], k);
+        b.values = b
+            .values
+            .slice_assign([0..batch, 0..heads, len..needed, 0..vdim], v);
+        b.len = needed;
+        let out = b.filled();
+        self.blocks[block] = Some(b);
+        out
     }
 }
 
@@ -150,6 +249,61 @@ mod tests {
             .assert_eq(&TensorData::from([[[[5.0f32], [5.0], [7.0]]]]), false);
         cache.clear();
         assert!(cache.is_empty());
+    }
+
+    fn positions(k: Tensor<4>) -> Vec<f32> {
+        let [_, _, len, _] = k.dims();
+        k.slice([0..1, 0..1, 0..len, 0..1])
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn grows_doubling_within_the_model_and_keeps_reserved_room() {
+        let device = Device::default();
+        let mut cache = KvCache::new();
+        cache.check_next(1, 3, Some(10)).unwrap();
+        cache.append(0, kv(&device, 1, 3, 1.0), kv(&device, 1, 3, 1.0));
+        let capacity = |c: &KvCache| c.first().unwrap().capacity();
+        assert_eq!(capacity(&cache), 3);
+        cache.check_next(1, 1, Some(10)).unwrap();
+        cache.append(0, kv(&device, 1, 1, 2.0), kv(&device, 1, 1, 2.0));
+        assert_eq!(capacity(&cache), 6);
+        // Doubling would pass the model's 10 positions: capped there.
+        cache.check_next(1, 3, Some(10)).unwrap();
+        let (k, _) = cache.append(0, kv(&device, 1, 3, 3.0), kv(&device, 1, 3, 3.0));
+        assert_eq!((capacity(&cache), cache.len()), (10, 7));
+        assert_eq!(positions(k), [1.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0]);
+
+        let mut roomy = KvCache::with_capacity(8);
+        roomy.append(0, kv(&device, 1, 2, 1.0), kv(&device, 1, 2, 1.0));
+        let (k, v) = roomy.append(0, kv(&device, 1, 1, 2.0), kv(&device, 1, 1, 5.0));
+        assert_eq!(capacity(&roomy), 8);
+        // Views of the filled positions only, never the spare zeros.
+        assert_eq!((k.dims(), v.dims()), ([1, 2, 3, 3], [1, 2, 3, 3]));
+        assert_eq!(positions(v), [1.0, 1.0, 5.0]);
+    }
+
+    #[test]
+    fn truncates_and_overwrites_and_clones_stay_apart() {
+        let device = Device::default();
+        let mut cache = KvCache::with_capacity(6);
+        cache.append(0, kv(&device, 1, 4, 1.0), kv(&device, 1, 4, 1.0));
+        let snapshot = cache.clone();
+        cache.truncate(2);
+        cache.truncate(5); // past the length: no change
+        assert_eq!(cache.len(), 2);
+        let (k, _) = cache.append(0, kv(&device, 1, 1, 9.0), kv(&device, 1, 1, 9.0));
+        assert_eq!(positions(k), [1.0, 1.0, 9.0]);
+        // The clone taken before still holds its own four positions.
+        let mut snapshot = snapshot;
+        let (k, _) = snapshot.append(0, kv(&device, 1, 1, 4.0), kv(&device, 1, 1, 4.0));
+        assert_eq!(positions(k), [1.0, 1.0, 1.0, 1.0, 4.0]);
+        // Truncated to nothing, another batch starts afresh.
+        cache.truncate(0);
+        assert!(cache.is_empty());
+        assert_eq!(cache.check_next(3, 1, None).unwrap(), 0);
     }
 
     #[test]

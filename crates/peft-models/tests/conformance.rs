@@ -30,6 +30,10 @@ fn base_logits_equal_transformers() {
 /// (new queries after cached keys, causally masked among themselves), then one at a time. After
 /// each chunk the logits of its last position equal transformers' at that position, for every
 /// model (learned positions and RoPE, tied and untied heads) and every sequence of the batch.
+/// The cache runs three ways: grown from the first chunk's size (each full buffer reallocated),
+/// with room for every position from the start (each step written in place, stale zeros after
+/// the filled positions), and truncated back to 3 positions and decoded again (positions
+/// overwritten in place).
 #[test]
 fn cached_decoding_equals_transformers_logits() {
     for (name, _) in MODELS {
@@ -42,31 +46,40 @@ fn cached_decoding_equals_transformers_logits() {
         );
         let ids = input_ids(&device());
         let model = load(name);
-        let mut cache = KvCache::new();
-        let mut start = 0;
-        for chunk in [2, 2].into_iter().chain(std::iter::repeat(1)) {
-            if start + chunk > seq {
-                break;
+        // Feeds positions `start..seq` in chunks of 2, 2, 1, 1, ... and checks each chunk's
+        // last logits.
+        let decode = |cache: &mut KvCache, mut start: usize, what: &str| {
+            for chunk in [2, 2].into_iter().chain(std::iter::repeat(1)) {
+                if start + chunk > seq {
+                    break;
+                }
+                let got = with_model!(&model, m => m.forward_cached(
+                    ids.clone().narrow(1, start, chunk),
+                    cache,
+                ))
+                .unwrap();
+                start += chunk;
+                assert_eq!(cache.len(), start, "{name}, {what}");
+                assert_eq!(got.dims(), [batch, vocab], "{name}, {what}");
+                let want = expected
+                    .clone()
+                    .narrow(1, start - 1, 1)
+                    .reshape([batch, vocab]);
+                assert_close(
+                    &format!("{name}, {what}: cached logits at position {}", start - 1),
+                    &got.into_data(),
+                    &want.into_data(),
+                    1e-4,
+                );
             }
-            let got = with_model!(&model, m => m.forward_cached(
-                ids.clone().narrow(1, start, chunk),
-                &mut cache,
-            ))
-            .unwrap();
-            start += chunk;
-            assert_eq!(cache.len(), start, "{name}");
-            assert_eq!(got.dims(), [batch, vocab], "{name}");
-            let want = expected
-                .clone()
-                .narrow(1, start - 1, 1)
-                .reshape([batch, vocab]);
-            assert_close(
-                &format!("{name} cached logits at position {}", start - 1),
-                &got.into_data(),
-                &want.into_data(),
-                1e-4,
-            );
-        }
+        };
+        let mut roomy = KvCache::with_capacity(seq + 3);
+        decode(&mut roomy, 0, "room for every position");
+        roomy.truncate(3);
+        assert_eq!(roomy.len(), 3, "{name}");
+        decode(&mut roomy, 3, "truncated to 3");
+        let mut cache = KvCache::new();
+        decode(&mut cache, 0, "grown");
         // Past the model's positions, and another batch: errors, not panics.
         let positions = with_model!(&model, m => m.max_positions()).unwrap();
         let too_long = ids.clone().narrow(1, 0, 1).repeat_dim(1, positions);
