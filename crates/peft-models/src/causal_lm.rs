@@ -141,9 +141,8 @@ pub trait CausalLm: Module + Sized {
         let eos = self.eos_token_ids();
         let mut done = vec![false; batch];
         // The prompt first, then each step's new tokens, against the cached keys and values.
-        let positions = seq.saturating_add(max_new_tokens.saturating_sub(1));
         let mut cache =
-            KvCache::with_capacity(self.max_positions().map_or(positions, |m| m.min(positions)));
+            KvCache::with_capacity(seq.saturating_add(max_new_tokens.saturating_sub(1)));
         let flat: Vec<i64> = rows.iter().flatten().copied().collect();
         let mut input = Tensor::<2, Int>::from_data(TensorData::new(flat, [batch, seq]), &device);
         for _ in 0..max_new_tokens {

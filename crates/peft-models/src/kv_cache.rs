@@ -87,7 +87,7 @@ impl KvCache {
     }
 
     /// An empty cache whose buffers start with room for `positions` positions (a prompt and
-    /// the tokens to generate), so that no step reallocates them.
+    /// the tokens to generate; at most the model's positions), so that no step reallocates them.
     pub fn with_capacity(positions: usize) -> Self {
         Self {
             reserve: positions,
@@ -125,6 +125,8 @@ impl KvCache {
 
     /// Checks that `seq` new positions of `batch` sequences can follow the cached ones in a
     /// model of `max_positions`; returns the number cached (the new positions' first index).
+    /// Remembers `max_positions` to size the buffers, and forgets the buffers of a cache
+    /// truncated to nothing when another batch size comes.
     pub(crate) fn check_next(
         &mut self,
         batch: usize,
@@ -176,23 +178,21 @@ impl KvCache {
         }
         let [batch, heads, new, dim] = k.dims();
         let vdim = v.dims()[3];
-        let (mut b, len) = match self.blocks[block].take() {
-            Some(b) => {
-                let len = b.len;
-                (b, len)
-            }
+        let mut b = match self.blocks[block].take() {
+            Some(b) => b,
             None => {
-                let capacity = self.reserve.max(new);
+                let reserve = self.limit.map_or(self.reserve, |m| self.reserve.min(m));
+                let capacity = reserve.max(new);
                 let device = k.device();
                 let zeros = |d| Tensor::zeros([batch, heads, capacity, d], (&device, k.dtype()));
-                let b = Block {
+                Block {
                     keys: zeros(dim),
                     values: zeros(vdim),
                     len: 0,
-                };
-                (b, 0)
+                }
             }
         };
+        let len = b.len;
         let needed = len + new;
         if needed > b.capacity() {
             let doubled = 2 * b.capacity();
@@ -283,6 +283,12 @@ mod tests {
         // Views of the filled positions only, never the spare zeros.
         assert_eq!((k.dims(), v.dims()), ([1, 2, 3, 3], [1, 2, 3, 3]));
         assert_eq!(positions(v), [1.0, 1.0, 5.0]);
+
+        // Room asked past the model's positions: the model's positions.
+        let mut capped = KvCache::with_capacity(100);
+        capped.check_next(1, 2, Some(10)).unwrap();
+        capped.append(0, kv(&device, 1, 2, 1.0), kv(&device, 1, 2, 1.0));
+        assert_eq!(capacity(&capped), 10);
     }
 
     #[test]

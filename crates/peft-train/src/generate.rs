@@ -119,8 +119,7 @@ pub fn generate<M: CausalLm>(
     let mut len = prompt.len();
     let mut input = prompt.iter().map(|&t| i64::from(t)).collect::<Vec<_>>();
     // The prompt and every token fed back: room for all, so that no step reallocates.
-    let mut cache =
-        KvCache::with_capacity(positions.min(prompt.len().saturating_add(options.max_new_tokens)));
+    let mut cache = KvCache::with_capacity(prompt.len().saturating_add(options.max_new_tokens));
     let mut tokens = Vec::new();
     loop {
         if tokens.len() == options.max_new_tokens {
