@@ -1,7 +1,9 @@
 """PyTorch's side of the prompt-products probe: the same products (the weight as PyTorch stores
 it, [out, in]) through F.linear and through F.linear with a bias (addmm), interleaved, 2
-threads, 512 MiB written between calls unless WARM is set. ROUNDS timed rounds (default 15)
-after one untimed."""
+threads, 512 MiB written between calls unless WARM is set (COPIES=n: the next of n copies of
+the weight instead), a Linear's input gradient (" dX " shapes) through matmul with the weight
+[out, in]. ROUNDS timed rounds (default 15) after one untimed; FILTER keeps the shapes whose
+name contains it."""
 
 import os
 import time
@@ -17,20 +19,41 @@ SHAPES = [
     ("1.3b head x·Et 256x2048x50272", 2048, 50272),
     ("125m fc1 x·W 256x768x3072", 768, 3072),
     ("125m head x·Et 256x768x50272", 768, 50272),
+    ("125m q x·W 256x768x768", 768, 768),
+    ("350m q x·W 256x1024x1024", 1024, 1024),
+    ("350m fc1 x·W 256x1024x4096", 1024, 4096),
+    ("350m fc2 x·W 256x4096x1024", 4096, 1024),
+    # A Linear's input gradient dY·W, W [out, in] = [k, n] row-major, as autograd computes it.
+    ("1.3b q dX dY·Wt 256x2048x2048", 2048, 2048),
+    ("350m fc1 dX dY·Wt 256x4096x1024", 4096, 1024),
+    ("350m q dX dY·Wt 256x1024x1024", 1024, 1024),
 ]
+filt = os.environ.get("FILTER", "")
+copies = int(os.environ.get("COPIES", "0"))
 rounds = int(os.environ.get("ROUNDS", "15"))
 warm = "WARM" in os.environ
 flush = torch.zeros(128 << 20)
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 for name, k, n in SHAPES:
-    x, w, b = torch.rand(T, k), torch.rand(n, k), torch.rand(n)
+    if filt not in name:
+        continue
+    x, b = torch.rand(T, k), torch.rand(n)
+    # COPIES=n: n copies of the weight used in turn instead of the flush.
+    dx = " dX " in name
+    ws = [torch.rand(k, n) if dx else torch.rand(n, k) for _ in range(max(copies, 1))]
+    nxt = 0
     times = {"linear": [], "addmm": []}
     for r in range(rounds + 1):
         for label in times:
-            if not warm:
+            if not warm and copies == 0:
                 flush.add_(1)
+            w = ws[nxt % len(ws)]
+            nxt += 1
             t0 = time.perf_counter()
-            torch.nn.functional.linear(x, w, b if label == "addmm" else None)
+            if dx:
+                torch.matmul(x, w)
+            else:
+                torch.nn.functional.linear(x, w, b if label == "addmm" else None)
             dt = time.perf_counter() - t0
             if r > 0:
                 times[label].append(dt)

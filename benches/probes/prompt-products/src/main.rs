@@ -1,6 +1,9 @@
-//! The products of a 256-token prompt (OPT-1.3b's q, fc1, fc2 and head; OPT-125m's fc1 and
-//! head), `x·W` with `x` row-major `[tokens, d_in]` and `W` as burn stores a Linear weight
-//! (`[d_in, d_out]`), or `x·Eᵀ` for the head, as burn-flex hands them to `gemm`. The
+//! The products of a 256-token prompt (OPT-1.3b's q, fc1, fc2 and head; OPT-125m's q, fc1 and
+//! head; OPT-350m's q, fc1 and fc2), `x·W` with `x` row-major `[tokens, d_in]` and `W` as burn
+//! stores a Linear weight (`[d_in, d_out]`), or `x·Eᵀ` for the head, as burn-flex hands them to
+//! `gemm`; and a Linear layer's input gradient `dY·Wᵀ` (the weight transposed, as a backward
+//! reads it). Between calls, 512 MiB are written, or with `COPIES=n` the next of n copies of
+//! the weight is used (as a forward reads the other layers' weights between two uses of one). The
 //! configurations in CFGS (`;`-separated, `default` or `VAR=value` for probe.patch's switches)
 //! run interleaved, one call each per round; every result must equal the first bit for bit.
 use std::time::Instant;
@@ -50,7 +53,7 @@ fn set_config(cfg: &str) {
     // SAFETY: the probe is single-threaded between calls; gemm's threads read these only
     // inside a call.
     unsafe {
-        for var in ["GEMM_ROW_SPLIT", "GEMM_PF", "GEMM_VCOPY"] {
+        for var in ["GEMM_ROW_SPLIT", "GEMM_PF", "GEMM_VCOPY", "GEMM_ROWPACK"] {
             std::env::remove_var(var);
         }
         if let Some((var, value)) = cfg.split_once('=') {
@@ -79,6 +82,13 @@ fn main() {
         Shape { name: "1.3b fc2 x·W 256x8192x2048", m: t, k: 8192, n: 2048, rhs_t: false },
         Shape { name: "1.3b head x·Et 256x2048x50272", m: t, k: 2048, n: 50272, rhs_t: true },
         Shape { name: "125m fc1 x·W 256x768x3072", m: t, k: 768, n: 3072, rhs_t: false },
+        Shape { name: "125m q x·W 256x768x768", m: t, k: 768, n: 768, rhs_t: false },
+        Shape { name: "350m q x·W 256x1024x1024", m: t, k: 1024, n: 1024, rhs_t: false },
+        Shape { name: "350m fc1 x·W 256x1024x4096", m: t, k: 1024, n: 4096, rhs_t: false },
+        Shape { name: "350m fc2 x·W 256x4096x1024", m: t, k: 4096, n: 1024, rhs_t: false },
+        Shape { name: "1.3b q dX dY·Wt 256x2048x2048", m: t, k: 2048, n: 2048, rhs_t: true },
+        Shape { name: "350m fc1 dX dY·Wt 256x4096x1024", m: t, k: 4096, n: 1024, rhs_t: true },
+        Shape { name: "350m q dX dY·Wt 256x1024x1024", m: t, k: 1024, n: 1024, rhs_t: true },
         Shape { name: "125m head x·Et 256x768x50272", m: t, k: 768, n: 50272, rhs_t: true },
     ];
     let mut flush = vec![0u8; 512 << 20];
@@ -86,20 +96,33 @@ fn main() {
         let a: Vec<f32> = (0..s.m * s.k)
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3)
             .collect();
-        let b: Vec<f32> = (0..s.k * s.n)
-            .map(|i| ((i * 104729) % 997) as f32 * 1e-3)
+        // COPIES=n: n copies of the weight, used in turn (as a forward reads its other layers'
+        // weights between two uses of one), instead of writing the flush buffer.
+        let copies: usize = std::env::var("COPIES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let bs: Vec<Vec<f32>> = (0..copies.max(1))
+            .map(|_| {
+                (0..s.k * s.n)
+                    .map(|i| ((i * 104729) % 997) as f32 * 1e-3)
+                    .collect()
+            })
             .collect();
+        let mut next = 0usize;
         let mut c = vec![0f32; s.m * s.n];
         let mut times = vec![Vec::new(); cfgs.len()];
         let mut first: Option<Vec<f32>> = None;
         for round in 0..=rounds {
             for (ci, cfg) in cfgs.iter().enumerate() {
                 set_config(cfg);
-                if !warm {
+                if !warm && copies == 0 {
                     flush.iter_mut().for_each(|x| *x = x.wrapping_add(1));
                 }
+                let b = &bs[next % bs.len()];
+                next += 1;
                 let t0 = Instant::now();
-                run(s, &a, &b, &mut c);
+                run(s, &a, b, &mut c);
                 let dt = t0.elapsed().as_secs_f64();
                 if round > 0 {
                     times[ci].push(dt);
