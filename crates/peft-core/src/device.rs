@@ -248,9 +248,10 @@ mod tests {
         let device = Device::flex();
         let values = |len: usize, seed: usize| pattern(len, seed, 503.0, 1.0);
         // [rows, depth] · [cols, depth]ᵀ: gemm's inner problem has `cols` rows, prepacked whole
-        // when `cols` ≤ 2·mc (768; 333, which leaves a partial 64-row panel, with 515 depths, a
-        // tail past the last 16), packed per block by each thread when larger (3072). mc = 512
-        // on the project's VM; elsewhere the shapes may take other paths, and must still agree.
+        // when `cols` ≤ 2·mc (768; 333, which leaves a partial panel, with 515 depths, a tail
+        // past the last 8 and 16), packed per block by each thread when larger (3072). mc = 512
+        // on the project's VMs; elsewhere the shapes may take other paths, and must still agree.
+        // Full panels are packed in AVX-512 or AVX registers, whichever the CPU has.
         for (rows, depth, cols) in [(1024, 1024, 768), (257, 515, 333), (512, 768, 3072)] {
             let x_host = values(rows * depth, 1);
             let w_host = values(cols * depth, 2);

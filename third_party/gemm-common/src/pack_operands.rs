@@ -171,6 +171,19 @@ unsafe fn pack_generic_inner_loop<T: Copy, const N: usize, const DST_WIDTH: usiz
         pack_transposed_32bit_avx512::<DST_WIDTH>(dst as *mut f32, src as *const f32, src_rs, k);
         return;
     }
+    // peft-rs: the same pack 8 × 8 at a time in AVX registers, for CPUs without AVX-512 (gemm's
+    // FMA kernel packs panels of 16 rows).
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if src_cs == 1
+        && src_rs != 1
+        && src_width == DST_WIDTH
+        && DST_WIDTH % 8 == 0
+        && core::mem::size_of::<T>() == 4
+        && std::is_x86_feature_detected!("avx")
+    {
+        pack_transposed_32bit_avx::<DST_WIDTH>(dst as *mut f32, src as *const f32, src_rs, k);
+        return;
+    }
     if src_width == DST_WIDTH {
         if src_rs == 1 {
             for _ in 0..k {
@@ -377,6 +390,67 @@ unsafe fn pack_transposed_32bit_avx512<const DST_WIDTH: usize>(
             j += 16;
         }
         kk += 16;
+    }
+    while kk < k {
+        for j in 0..DST_WIDTH {
+            *dst.add(kk * DST_WIDTH + j) = *src.wrapping_offset(j as isize * src_rs).add(kk);
+        }
+        kk += 1;
+    }
+}
+
+/// Transposes 8 rows of 8 lanes in registers: `r[t]` then holds what was column `t`.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx")]
+#[inline]
+unsafe fn transpose8(r: &mut [core::arch::x86_64::__m256; 8]) {
+    use core::arch::x86_64::*;
+    let mut t = [_mm256_setzero_ps(); 8];
+    for i in 0..4 {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    let mut u = [_mm256_setzero_ps(); 8];
+    for h in 0..2 {
+        let b = 4 * h;
+        u[b] = _mm256_shuffle_ps::<0x44>(t[b], t[b + 2]);
+        u[b + 1] = _mm256_shuffle_ps::<0xEE>(t[b], t[b + 2]);
+        u[b + 2] = _mm256_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+        u[b + 3] = _mm256_shuffle_ps::<0xEE>(t[b + 1], t[b + 3]);
+    }
+    for i in 0..4 {
+        r[i] = _mm256_permute2f128_ps::<0x20>(u[i], u[4 + i]);
+        r[4 + i] = _mm256_permute2f128_ps::<0x31>(u[i], u[4 + i]);
+    }
+}
+
+/// `pack_transposed_32bit_avx512` with 256-bit registers: 8 rows × 8 depths are loaded,
+/// transposed in registers (`transpose8`) and stored as 8 full vectors; the depths past the last
+/// multiple of 8 one element at a time.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx")]
+unsafe fn pack_transposed_32bit_avx<const DST_WIDTH: usize>(
+    dst: *mut f32,
+    src: *const f32,
+    src_rs: isize,
+    k: usize,
+) {
+    use core::arch::x86_64::*;
+    let mut kk = 0;
+    while kk + 8 <= k {
+        let mut j = 0;
+        while j < DST_WIDTH {
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (t, row) in r.iter_mut().enumerate() {
+                *row = _mm256_loadu_ps(src.wrapping_offset((j + t) as isize * src_rs).add(kk));
+            }
+            transpose8(&mut r);
+            for (t, col) in r.iter().enumerate() {
+                _mm256_storeu_ps(dst.add((kk + t) * DST_WIDTH + j), *col);
+            }
+            j += 8;
+        }
+        kk += 8;
     }
     while kk < k {
         for j in 0..DST_WIDTH {

@@ -1,8 +1,8 @@
 //! gemm's blocking on the shapes of an OPT-125m step: gemm's own kernel params against
 //! overrides (GEMM_NC_CAP / GEMM_MC / GEMM_KC read by the patched gemm-common), interleaved;
 //! with tiled-pack.patch also applied, GEMM_TILED_PACK=1 packs a row-major left-hand side 16
-//! depths at a time and GEMM_TILED_PACK=2 (f32, AVX-512) in 16 × 16 blocks transposed in
-//! registers; with par-prepack.patch too, GEMM_PAR_PREPACK=1 splits the prepacked left-hand side
+//! depths at a time, GEMM_TILED_PACK=2 (f32, AVX-512) in 16 × 16 blocks transposed in
+//! registers and GEMM_TILED_PACK=3 (f32, AVX) in 8 × 8 blocks; with par-prepack.patch too, GEMM_PAR_PREPACK=1 splits the prepacked left-hand side
 //! between the threads; XPOSE=1 transposes a g·Wt weight into a contiguous copy (timed) and runs
 //! x·W. Each configuration's result is checked bit for bit against the first's.
 use std::time::Instant;
