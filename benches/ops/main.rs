@@ -1,7 +1,8 @@
 //! `op-bench`: the products and element-wise ops of an OPT-125m training step (batch 4 × 256)
 //! and of a decoding step (one token), timed one at a time on the default device, to find the
 //! ops that run far below PyTorch's rate; the attention and a Llama RMS norm forward and backward
-//! (op by op and as one node); and the whole OPT-125m, OPT-350m and OPT-1.3b forward of 1 and 256
+//! (op by op and as one node); MiSS/Bone bat's few-token layer, factored and composed; and the
+//! whole OPT-125m, OPT-350m and OPT-1.3b forward of 1 and 256
 //! tokens, a decoding step after 256 cached tokens and a greedy generation of 32 tokens after 256
 //! (pytorch_ops.py runs transformers' OPT on the same shapes; OPT-1.3b's 5.3 GB of random
 //! weights take about half a minute to draw).
@@ -252,6 +253,49 @@ fn main() {
             assert_eq!(out.dims(), [1, 288], "generation stopped early");
             out.dims()[1] as f32
         });
+    }
+
+    // MiSS/Bone bat on one 1024 × 1024 layer (r 64, no gradients), the two ways `peft-bone` can
+    // run a few tokens: `x·W` plus ΔW's product without composing ΔW
+    // (`BoneAdapter::bat_delta_factored`), and `x·(W + ΔW)` with ΔW composed
+    // (`BoneAdapter::delta_weight`), on both sides of `bat_runs_factored`'s switch at r tokens.
+    // No PyTorch twin: PEFT always composes. The FLOP rate counts `x·W` only.
+    let bat_rows = [1usize, 8, 16, 32, 64, 96, 128, 192, 256];
+    if bat_rows.iter().any(|t| {
+        std::env::args()
+            .nth(1)
+            .is_none_or(|f| format!("bat layer, {t} tokens").contains(&f))
+    }) {
+        let (side, r) = (1024usize, 64usize);
+        let w = Tensor::<2>::random([side, side], Distribution::Default, &device);
+        let block = Tensor::<3>::random([side / r, r, r], Distribution::Default, &device);
+        let adapter = peft_bone::BoneAdapter::new(
+            burn::module::Param::from_tensor(block),
+            r,
+            peft_bone::BoneMode::Bat,
+            0.0,
+            peft_core::AdapterSwitch::default(),
+        );
+        let first2 = |t: Tensor<2>| t.slice([0..1, 0..1]).into_scalar::<f32>();
+        for tokens in bat_rows {
+            let x = Tensor::<2>::random([tokens, side], Distribution::Default, &device);
+            let flop = 2.0 * (tokens * side * side) as f64;
+            time(
+                &format!("bat layer, {tokens} tokens, factored"),
+                flop,
+                || first2(x.clone().matmul(w.clone()) + adapter.bat_delta_factored(x.clone(), &w)),
+            );
+            time(
+                &format!("bat layer, {tokens} tokens, composed"),
+                flop,
+                || {
+                    first2(
+                        x.clone()
+                            .matmul(w.clone() + adapter.delta_weight(w.clone())),
+                    )
+                },
+            );
+        }
     }
 
     let embedding = random([1, 1, vocab, d]);

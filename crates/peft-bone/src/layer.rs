@@ -8,9 +8,18 @@ use peft_core::nn::FactoredAdapter;
 
 use crate::config::BoneMode;
 
-/// Inputs of at least this many tokens run bat mode through the composed weight `W + ΔW`
-/// ([`FactoredAdapter::runs_factored`]); fewer (decoding steps, short prompts) run factored.
-pub const BAT_COMPOSED_MIN_TOKENS: usize = 64;
+/// Whether bat mode with block rank `r` runs an input of `tokens` rows factored
+/// (`x·W + x·ΔW`, ΔW never composed, [`BoneAdapter::bat_delta_factored`]) rather than through
+/// the composed weight `W + ΔW` ([`FactoredAdapter::runs_factored`]): while `tokens < r`.
+///
+/// Per `d_in·d_out` multiply-adds, composing ΔW costs `r` and the composed product `tokens`; the
+/// factored path costs `3·tokens`. By that count composing wins from `r/2` tokens, but its
+/// `r × r` tile products run far below the rate of one large product: on one 1024 × 1024 layer
+/// with r = 64 (op-bench's "bat layer" rows, no gradients, four runs) the factored path took
+/// 0.59–0.69× the composed time at 64 tokens and 0.81–0.96× at 96, and 1.05–1.24× at 128.
+pub fn bat_runs_factored(tokens: usize, r: usize) -> bool {
+    tokens < r
+}
 
 /// A Bone/MiSS block attached to a Linear weight `W` `[d_in, d_out]` (burn layout).
 ///
@@ -19,9 +28,10 @@ pub const BAT_COMPOSED_MIN_TOKENS: usize = 64;
 ///
 /// - default/mini: `ΔW[i, o] = B[i mod r, o]` (mini: `B[i mod r, o mod mini_r]`); the factored
 ///   forward adds `(Σ r-wide chunks of the zero-padded x)·B` without composing ΔW.
-/// - bat: per r×r tile (PyTorch layout) `W' = W·(I + B[a]) + B[a]`; it depends on W. From
-///   [`BAT_COMPOSED_MIN_TOKENS`] tokens on the layer multiplies by the composed `W + ΔW`, as PEFT
-///   does; below, it adds `x·ΔW` to `x·W`.
+/// - bat: per r×r tile (PyTorch layout) `W' = W·(I + B[a]) + B[a]`; it depends on W. For many
+///   tokens the layer multiplies by the composed `W + ΔW`, as PEFT does; for few
+///   ([`bat_runs_factored`]) it adds `x·ΔW` to `x·W` without composing ΔW
+///   ([`BoneAdapter::bat_delta_factored`]).
 #[derive(Module, Debug)]
 pub struct BoneAdapter {
     /// The block.
@@ -90,6 +100,40 @@ impl BoneAdapter {
                 .narrow(0, 0, d_in),
         }
     }
+
+    /// bat's `x·ΔW` `[tokens, d_out]` for `x` `[tokens, d_in]` and base weight `w`
+    /// `[d_in, d_out]`, without composing ΔW.
+    ///
+    /// In PyTorch layout, tile `(a, c)` of ΔW (output block `a`, input block `c`) is
+    /// `W[a, c]·B[a] + B[a]`. So with `x_c` the input's block `c`,
+    /// `(x·ΔW)[a·r + i] = Σ_c Σ_k W[a·r + i, c·r + k]·(B[a]·x_c)[k] + (B[a]·Σ_c x_c)[i]`:
+    /// every `B[a]·x_c` in one product `[tokens·d_in/r, r]·[r, d_out]`, then per output block
+    /// `a` one product of those with the block's columns of `W` (`[tokens, d_in]·[d_in, r]`),
+    /// then `(Σ_c x_c)·B`. Each costs about as much as `x·W`, against `r` times that to compose ΔW.
+    pub fn bat_delta_factored(&self, x: Tensor<2>, w: &Tensor<2>) -> Tensor<2> {
+        let [tokens, d_in] = x.dims();
+        let d_out = w.dims()[1];
+        let r = self.r;
+        let (in_blocks, out_blocks) = (d_in / r, d_out / r);
+        // `B[a][k, j]` at `[j, a·r + k]`.
+        let block_rows = self.block.val().permute([2, 0, 1]).reshape([r, d_out]);
+        // `(B[a]·x_c)[k]` at `[t·in_blocks + c, a·r + k]`, then `[a, t, c·r + k]`.
+        let bx = x
+            .clone()
+            .reshape([tokens * in_blocks, r])
+            .matmul(block_rows.clone())
+            .reshape([tokens, in_blocks, out_blocks, r])
+            .permute([2, 0, 1, 3])
+            .reshape([out_blocks, tokens, d_in]);
+        // Output block `a`'s columns of `W` (burn layout): `[a, c·r + k, i]`, a view.
+        let w_blocks = w.clone().reshape([d_in, out_blocks, r]).swap_dims(0, 1);
+        let through_w = bx.matmul(w_blocks).swap_dims(0, 1).reshape([tokens, d_out]);
+        let x_sum = x
+            .reshape([tokens, in_blocks, r])
+            .sum_dim(1)
+            .reshape([tokens, r]);
+        through_w + x_sum.matmul(block_rows)
+    }
 }
 
 impl Reparameterization for BoneAdapter {
@@ -108,11 +152,7 @@ impl Reparameterization for BoneAdapter {
 
 impl FactoredAdapter for BoneAdapter {
     fn runs_factored(&self, tokens: usize) -> bool {
-        // bat composes a dense ΔW from W either way. For many tokens one product by `W + ΔW`
-        // (1 forward, 2 backward) beats `x·W + x·ΔW` (2 forward, 3 backward); for a few, the
-        // `d_in × d_out` sum costs more than the second product (two guide runs on OPT-125m:
-        // composed, the 256-token prompt took 0.92× and the single token 1.21× the factored time).
-        self.mode != BoneMode::Bat || tokens < BAT_COMPOSED_MIN_TOKENS
+        self.mode != BoneMode::Bat || bat_runs_factored(tokens, self.r)
     }
 
     fn linear_delta(&self, x: Tensor<2>, base_weight: &Tensor<2>) -> Option<Tensor<2>> {
@@ -122,7 +162,7 @@ impl FactoredAdapter for BoneAdapter {
         let [tokens, d_in] = x.dims();
         let d_out = base_weight.dims()[1];
         if self.mode == BoneMode::Bat {
-            return Some(x.matmul(self.delta_weight(base_weight.clone())));
+            return Some(self.bat_delta_factored(x, base_weight));
         }
         let r = self.r;
         let pad = (r - d_in % r) % r;

@@ -47,6 +47,6 @@ pub mod model;
 
 pub use config::{BoneConfig, BoneFormat, BoneMode};
 pub use error::{BoneError, Result};
-pub use layer::{BAT_COMPOSED_MIN_TOKENS, BoneAdapter};
+pub use layer::{BoneAdapter, bat_runs_factored};
 pub use method::Bone;
 pub use model::{BoneModel, MergedBoneModel};

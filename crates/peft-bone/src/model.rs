@@ -12,7 +12,7 @@ use crate::error::{BoneError, Result};
 use crate::inject::InitialBlocks;
 use crate::layer::BoneAdapter;
 
-/// A model whose targeted Linear weights carry [`BoneAdapter`](crate::BoneAdapter)s.
+/// A model whose targeted Linear weights carry [`BoneAdapter`]s.
 ///
 /// `model` is the user's own type: call its `forward` as before; train it with any burn
 /// optimizer (only the blocks receive gradients).

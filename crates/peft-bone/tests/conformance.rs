@@ -141,6 +141,27 @@ fn single_layers_match_peft_in_every_mode() {
             &t["y"],
             1e-5,
         );
+        // bat runs factored, without composing ΔW, only for few tokens (`bat_runs_factored`);
+        // the fixture's ten tokens run composed above, and one at a time take that path here.
+        let [batch, seq, _] = x.dims();
+        let config = layer_config(&layer_meta()[name]);
+        if config.mode == BoneMode::Bat {
+            assert!(peft_bone::bat_runs_factored(1, config.r));
+            let rows: Vec<Tensor<3>> = (0..batch * seq)
+                .map(|i| {
+                    let token = x
+                        .clone()
+                        .slice([i / seq..i / seq + 1, i % seq..i % seq + 1]);
+                    factored.model.layer.forward(token)
+                })
+                .collect();
+            close(
+                &format!("{name} factored forward, one token at a time"),
+                &Tensor::cat(rows, 1).reshape([batch, seq, out]).into_data(),
+                &t["y"],
+                1e-5,
+            );
+        }
         let dense = layer_model(
             Dense {
                 layer: LinearConfig::new(inp, out).init(&device),
@@ -206,6 +227,29 @@ fn check_model<M: CausalLm>(model: M, case: &str) {
         &expected["logits"],
         1e-4,
     );
+    // Decoded one token at a time through the key/value cache, as `generate` runs: bat then
+    // takes its path without composing ΔW (`bat_runs_factored`), and each step's logits are
+    // PEFT's at that position.
+    if bone.config().mode == BoneMode::Bat {
+        assert!(peft_bone::bat_runs_factored(1, bone.config().r));
+        let [batch, seq] = ids.dims();
+        let mut cache = peft_models::KvCache::new();
+        let steps: Vec<Tensor<3>> = (0..seq)
+            .map(|i| {
+                let logits = bone
+                    .model
+                    .forward_cached(ids.clone().slice([0..batch, i..i + 1]), &mut cache)
+                    .unwrap();
+                logits.unsqueeze_dim(1)
+            })
+            .collect();
+        close(
+            &format!("{case} logits decoded one token at a time"),
+            &Tensor::cat(steps, 1).into_data(),
+            &expected["logits"],
+            1e-4,
+        );
+    }
     // Written back in the folder's own format: the same tensors under the same names.
     let out = tempfile::tempdir().unwrap();
     bone.save(out.path()).unwrap();

@@ -244,29 +244,34 @@ proptest! {
     }
 }
 
-/// Bat mode runs composed (`x·(W + ΔW)`) from `BAT_COMPOSED_MIN_TOKENS` tokens on and factored
-/// (`x·W + x·ΔW`) below: both give the merged layer's output, which differs from the base's.
+/// Bat mode runs composed (`x·(W + ΔW)`) for many tokens and factored (`x·W + x·ΔW`, ΔW never
+/// composed) for few (`bat_runs_factored`): both give the merged layer's output, which differs
+/// from the base's. The factored path runs on chunks of three tokens (and the last of one), so
+/// that its per-token reshapes are exercised, with two input blocks and three output blocks.
 #[test]
 fn bat_forward_composed_and_factored_equal_the_merged_layer() {
     use burn::tensor::{Distribution, Tensor};
     let device = Device::default();
     let c = Case {
-        r: 4,
-        d_in: 8,
-        d_out: 12,
+        r: 8,
+        d_in: 16,
+        d_out: 24,
         mode: BoneMode::Bat,
         seed: 7,
     };
     let bone = adapted(&c, &device);
-    let tokens = peft_bone::BAT_COMPOSED_MIN_TOKENS;
+    let (tokens, chunk) = (64, 3);
+    assert!(!peft_bone::bat_runs_factored(tokens, c.r));
+    assert!(peft_bone::bat_runs_factored(chunk, c.r));
     let x = Tensor::<2>::random([tokens, c.d_in], Distribution::Default, &device);
     let composed = values(bone.model.layer.forward(x.clone()).into_data());
     let factored: Vec<f32> = (0..tokens)
+        .step_by(chunk)
         .flat_map(|t| {
             values(
                 bone.model
                     .layer
-                    .forward(x.clone().narrow(0, t, 1))
+                    .forward(x.clone().narrow(0, t, chunk.min(tokens - t)))
                     .into_data(),
             )
         })
