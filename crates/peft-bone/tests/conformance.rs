@@ -136,7 +136,7 @@ fn single_layers_match_peft_in_every_mode() {
             &t,
         );
         close(
-            &format!("{name} factored forward"),
+            &format!("{name} factored layer, all tokens at once (bat: composed ΔW)"),
             &factored.model.layer.forward(x.clone()).into_data(),
             &t["y"],
             1e-5,
@@ -156,7 +156,7 @@ fn single_layers_match_peft_in_every_mode() {
                 })
                 .collect();
             close(
-                &format!("{name} factored forward, one token at a time"),
+                &format!("{name} factored layer, one token at a time (bat: ΔW never composed)"),
                 &Tensor::cat(rows, 1).reshape([batch, seq, out]).into_data(),
                 &t["y"],
                 1e-5,
