@@ -153,8 +153,12 @@ fn test(backends: &[&str], jobs: usize) -> Result<(), String> {
             .map(PathBuf::from)
             .unwrap_or_else(|| root().join("target"));
         let measured = target.join(format!("xtask-suite-times-{backend}.tsv"));
+        // The header is the one `xtask/suite-times.tsv` keeps, so that a refresh is one `cp`.
+        let commit = git_head().unwrap_or_else(|| "commit unknown".into());
         let text = format!(
-            "# Seconds each test binary took on {backend} (`cargo xtask test`), longest first.\n{}",
+            "# Seconds each test binary took on {backend} in `cargo xtask test` ({commit}),\n\
+             # {jobs} at a time; cargo xtask test starts the longest first. Refresh from a run:\n\
+             # cp target/xtask-suite-times-{backend}.tsv {SUITE_TIMES}\n{}",
             suite::format_times(&report.times)
         );
         if let Err(e) = std::fs::write(&measured, text) {
@@ -166,6 +170,17 @@ fn test(backends: &[&str], jobs: usize) -> Result<(), String> {
     } else {
         Err(format!("failed: {}", failed.join(", ")))
     }
+}
+
+/// The short hash of the checked-out commit, when git can tell.
+fn git_head() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root())
+        .output()
+        .ok()?;
+    let hash = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !hash.trim().is_empty()).then(|| hash.trim().to_string())
 }
 
 fn fixtures(args: &[String]) -> Result<(), String> {
