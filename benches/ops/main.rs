@@ -1,7 +1,9 @@
 //! `op-bench`: the products and element-wise ops of an OPT-125m training step (batch 4 × 256)
 //! and of a decoding step (one token), timed one at a time on the default device, to find the
 //! ops that run far below PyTorch's rate; the attention and a Llama RMS norm forward and backward
-//! (op by op and as one node); MiSS/Bone bat's few-token layer, factored and composed; and the
+//! (op by op and as one node); one OPT-1.3b layer forward and backward, frozen and with
+//! MiSS/Bone bat composed as in a training step; MiSS/Bone bat's few-token layer, factored and
+//! composed; and the
 //! whole OPT-125m, OPT-350m and OPT-1.3b forward of 1 and 256
 //! tokens, a decoding step after 256 cached tokens and a greedy generation of 32 tokens after 256
 //! (pytorch_ops.py runs transformers' OPT on the same shapes; OPT-1.3b's 5.3 GB of random
@@ -425,6 +427,56 @@ fn main() {
     time("RMSNorm fwd+bwd [4,256,2048], one node", 0.0, || {
         norm_step(true)
     });
+
+    // One 2048² layer of an OPT-1.3b step at one sequence (256 tokens), forward and backward
+    // with the input's gradient: frozen (`x·W`), and with MiSS/Bone bat r 64 as a bat model's
+    // q or v runs it at r tokens or more, `x·(W + ΔW)` with ΔW composed through
+    // `Reparameterization::apply` (as PEFT does) and the block trained. The FLOP counts: the
+    // frozen layer's two products; bat's three (`xᵀ·dy` for the composed weight's gradient)
+    // and its tiles `W[a,c]·B[a]` forward and their gradient for `B`.
+    let (side, bat_r, bat_tokens) = (2048usize, 64usize, 256usize);
+    let layer_rows = ["layer fwd+bwd 1.3b, frozen", "layer fwd+bwd 1.3b, bat r64"];
+    if layer_rows
+        .iter()
+        .any(|row| std::env::args().nth(1).is_none_or(|f| row.contains(&f)))
+    {
+        use burn::module::Reparameterization;
+        let w = Tensor::<2>::random([side, side], Distribution::Default, &ad);
+        let block = Tensor::<3>::random([side / bat_r, bat_r, bat_r], Distribution::Default, &ad);
+        let adapter = peft_bone::BoneAdapter::new(
+            burn::module::Param::from_tensor(block.require_grad()),
+            bat_r,
+            peft_bone::BoneMode::Bat,
+            0.0,
+            peft_core::AdapterSwitch::default(),
+        );
+        let xs = Tensor::<2>::random([bat_tokens, side], Distribution::Default, &ad);
+        let up = Tensor::<2>::random([bat_tokens, side], Distribution::Default, &ad);
+        let product = 2.0 * (bat_tokens * side * side) as f64;
+        let tiles = 2.0 * (side * side * bat_r) as f64;
+        let layer_step = |bat: bool| {
+            let x = xs.clone().require_grad();
+            let weight = if bat {
+                adapter.apply(w.clone())
+            } else {
+                w.clone()
+            };
+            let grads = (x.clone().matmul(weight) * up.clone()).sum().backward();
+            let gx = x
+                .grad(&grads)
+                .map_or(f32::NAN, |g| first(g.unsqueeze::<4>()));
+            let gb = adapter
+                .block
+                .val()
+                .grad(&grads)
+                .map_or(0.0, |g| first(g.unsqueeze::<4>()));
+            gx + if bat { gb } else { 0.0 }
+        };
+        time(layer_rows[0], 2.0 * product, || layer_step(false));
+        time(layer_rows[1], 3.0 * product + 2.0 * tiles, || {
+            layer_step(true)
+        });
+    }
 
     let a = random([1, 1, d, 16]);
     let b = random([1, 1, 16, d]);

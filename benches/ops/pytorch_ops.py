@@ -190,6 +190,42 @@ def main():
                 (norm(x) * up_norm).sum().backward()
 
         bench("RMSNorm fwd+bwd [4,256,2048]", 0, norm_step)
+    # op-bench's OPT-1.3b layer (2048², one sequence of 256 tokens), forward and backward with
+    # the input's gradient: frozen, and with PEFT's MiSS bat r 64 (MissConfig(init_weights="bat"),
+    # PEFT's own layer, which composes W + ΔW on every forward) with its block trained.
+    layer_rows = ("layer fwd+bwd 1.3b, frozen", "layer fwd+bwd 1.3b, bat r64")
+    if FILTER is None or any(FILTER in row for row in layer_rows):
+        from peft import MissConfig, get_peft_model
+
+        side, bat_r, bat_tokens = 2048, 64, 256
+        product, tiles = 2 * bat_tokens * side * side, 2 * side * side * bat_r
+
+        class OneLayer(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(side, side, bias=False)
+
+            def forward(self, x):
+                return self.lin(x)
+
+        frozen = OneLayer().requires_grad_(False)
+        bat = get_peft_model(OneLayer(), MissConfig(r=bat_r, init_weights="bat",
+                                                     target_modules=["lin"]))
+        with torch.no_grad():
+            for name, p in bat.named_parameters():
+                if "miss_block" in name:
+                    p.copy_(torch.rand_like(p))
+        xl, upl = r(bat_tokens, side), r(bat_tokens, side)
+
+        def layer_step(model):
+            def step():
+                with torch.enable_grad():
+                    x = xl.detach().requires_grad_()
+                    (model(x) * upl).sum().backward()
+            return step
+
+        bench(layer_rows[0], 2 * product, layer_step(frozen))
+        bench(layer_rows[1], 3 * product + 2 * tiles, layer_step(bat))
     a, b, xa = r(d, 16), r(16, d), r(tokens, 16)
     lora_flop = 2 * tokens * d * 16
     bench("LoRA x·A [1024,768]·[768,16]", lora_flop, lambda: x @ a)

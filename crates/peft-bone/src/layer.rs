@@ -83,16 +83,14 @@ impl BoneAdapter {
         let r = self.r;
         match self.mode {
             BoneMode::Bat => {
-                let wv = w
-                    .transpose()
-                    .reshape([d_out / r, r, d_in / r, r])
-                    .permute([2, 0, 1, 3]); // [in/r, out/r, r, r]
-                let bk = self.block.val().unsqueeze::<4>(); // [1, out/r, r, r]
-                let delta = wv.matmul(bk.clone()) + bk;
-                delta
-                    .permute([1, 2, 0, 3])
-                    .reshape([d_out, d_in])
-                    .transpose()
+                // PEFT's tile (a, c) is `W[a, c]·B[a] + B[a]` in its `[out, in]` layout; in
+                // burn's `[in, out]` layout that tile, transposed, is `B[a]ᵀ·W[c, a] + B[a]ᵀ`.
+                // Worked here, so that no W-sized tensor is ever transposed (a strided copy):
+                // `W` `[in/r, r, out/r, r]` viewed as tiles `[in/r, out/r, r, r]`.
+                let tiles = w.reshape([d_in / r, r, d_out / r, r]).swap_dims(1, 2);
+                let bt = self.block.val().swap_dims(1, 2).unsqueeze::<4>(); // [1, out/r, r, r]
+                let delta = bt.clone().matmul(tiles) + bt;
+                delta.swap_dims(1, 2).reshape([d_in, d_out])
             }
             _ => self
                 .full_block(d_out)

@@ -1,6 +1,7 @@
 //! Properties of MiSS/Bone over random shapes, ranks and modes (`proptest`): merge then unmerge
 //! restores `W`; save then load is the identity; in bat mode, a tile whose `I + B` is singular
-//! makes `unmerge` an error that names it, never NaN weights.
+//! makes `unmerge` an error that names it, never NaN weights. Bat's composed and factored paths
+//! give the merged layer's output and the same gradients.
 #![allow(clippy::unwrap_used)]
 
 use burn::module::Module;
@@ -283,5 +284,47 @@ fn bat_forward_composed_and_factored_equal_the_merged_layer() {
     assert!(
         rel_diff(&plain, &merged) > 1e-3,
         "the adapter changes the output"
+    );
+}
+
+/// Bat's block gets the same gradient through the composed weight (`x·(W + ΔW)`, the training
+/// step's path from r tokens on) as through the factored path (`x·W + x·ΔW` without ΔW), two
+/// formulations that share no op after the block; the input's gradient too. Two input blocks,
+/// three output blocks, so that a tile put in the wrong place changes both.
+#[test]
+fn bat_block_gradient_composed_equals_factored() {
+    use burn::module::{Param, Reparameterization};
+    use burn::tensor::{Distribution, Tensor};
+    let device = Device::default().autodiff();
+    let (r, d_in, d_out, tokens) = (8, 16, 24, 5);
+    let w = Tensor::<2>::random([d_in, d_out], Distribution::Default, &device);
+    let block = Tensor::<3>::random([d_out / r, r, r], Distribution::Default, &device);
+    let adapter = peft_bone::BoneAdapter::new(
+        Param::from_tensor(block.require_grad()),
+        r,
+        BoneMode::Bat,
+        0.0,
+        peft_core::AdapterSwitch::default(),
+    );
+    let xs = Tensor::<2>::random([tokens, d_in], Distribution::Default, &device);
+    let up = Tensor::<2>::random([tokens, d_out], Distribution::Default, &device);
+    let grads_of = |composed: bool| {
+        let x = xs.clone().require_grad();
+        let y = if composed {
+            x.clone().matmul(adapter.apply(w.clone()))
+        } else {
+            x.clone().matmul(w.clone()) + adapter.bat_delta_factored(x.clone(), &w)
+        };
+        let grads = (y * up.clone()).sum().backward();
+        let block = adapter.block.val().grad(&grads).unwrap().into_data();
+        (values(block), values(x.grad(&grads).unwrap().into_data()))
+    };
+    let (block_c, x_c) = grads_of(true);
+    let (block_f, x_f) = grads_of(false);
+    assert!(rel_diff(&block_c, &block_f) <= 1e-5, "block gradient");
+    assert!(rel_diff(&x_c, &x_f) <= 1e-5, "input gradient");
+    assert!(
+        block_c.iter().any(|g| g.abs() > 1e-3),
+        "a gradient reaches the block"
     );
 }
