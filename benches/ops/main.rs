@@ -28,13 +28,15 @@
 use burn::tensor::{Device, Distribution, Tensor};
 use std::time::Instant;
 
+/// Whether the command line's `FILTER` (if any) keeps the op `name`.
+fn kept(name: &str) -> bool {
+    std::env::args().nth(1).is_none_or(|f| name.contains(&f))
+}
+
 /// Times `f`, which returns one element of its result (so the op has run), unless `FILTER`
 /// excludes `name`.
 fn time(name: &str, flop: f64, mut f: impl FnMut() -> f32 + Send) {
-    if std::env::args()
-        .nth(1)
-        .is_some_and(|filter| !name.contains(&filter))
-    {
+    if !kept(name) {
         return;
     }
     // `OP_BENCH_IN_POOL=1`: each call runs on a thread of rayon's pool (as inside a parallel
@@ -162,7 +164,7 @@ fn main() {
     // with its own weight (340 MB in all, as OPT-125m's), so that weights stream from memory
     // as they do in a model instead of staying in cache from the previous call.
     let decoder = "1 token, 12 layers' products";
-    if std::env::args().nth(1).is_none_or(|f| decoder.contains(&f)) {
+    if kept(decoder) {
         let layers: Vec<[Tensor<4>; 6]> = (0..12)
             .map(|_| {
                 let w = |rows, cols| {
@@ -191,7 +193,7 @@ fn main() {
     // guide's merged single-token and prompt rows).
     for ((label, config, params), seq) in OPT_MODELS.iter().flat_map(|m| [(m, 1usize), (m, 256)]) {
         let name = format!("{label} forward, {seq} tokens");
-        if std::env::args().nth(1).is_some_and(|f| !name.contains(&f)) {
+        if !kept(&name) {
             continue;
         }
         use peft_models::CausalLm;
@@ -211,7 +213,7 @@ fn main() {
     // reserves it, so the step writes its keys and values in place.
     for (label, config, params) in &OPT_MODELS {
         let name = format!("{label} decoding step, 256 cached");
-        if std::env::args().nth(1).is_some_and(|f| !name.contains(&f)) {
+        if !kept(&name) {
             continue;
         }
         use peft_models::{CausalLm, KvCache};
@@ -238,7 +240,7 @@ fn main() {
     // prompt's and the steps' products.
     for (label, config, params) in &OPT_MODELS {
         let name = format!("{label} generate 32 after 256");
-        if std::env::args().nth(1).is_some_and(|f| !name.contains(&f)) {
+        if !kept(&name) {
             continue;
         }
         use peft_models::CausalLm;
@@ -263,11 +265,10 @@ fn main() {
     // (`BoneAdapter::delta_weight`), on both sides of `bat_runs_factored`'s switch at r tokens.
     // No PyTorch twin: PEFT always composes. The FLOP rate counts `x·W` only.
     let bat_rows = [1usize, 8, 16, 32, 64, 96, 128, 192, 256];
-    if bat_rows.iter().any(|t| {
-        std::env::args()
-            .nth(1)
-            .is_none_or(|f| format!("bat layer, {t} tokens").contains(&f))
-    }) {
+    if bat_rows
+        .iter()
+        .any(|t| kept(&format!("bat layer, {t} tokens")))
+    {
         let (side, r) = (1024usize, 64usize);
         let w = Tensor::<2>::random([side, side], Distribution::Default, &device);
         let block = Tensor::<3>::random([side / r, r, r], Distribution::Default, &device);
@@ -436,10 +437,7 @@ fn main() {
     // and its tiles `W[a,c]·B[a]` forward and their gradient for `B`.
     let (side, bat_r, bat_tokens) = (2048usize, 64usize, 256usize);
     let layer_rows = ["layer fwd+bwd 1.3b, frozen", "layer fwd+bwd 1.3b, bat r64"];
-    if layer_rows
-        .iter()
-        .any(|row| std::env::args().nth(1).is_none_or(|f| row.contains(&f)))
-    {
+    if layer_rows.iter().any(|row| kept(row)) {
         use burn::module::Reparameterization;
         let w = Tensor::<2>::random([side, side], Distribution::Default, &ad);
         let block = Tensor::<3>::random([side / bat_r, bat_r, bat_r], Distribution::Default, &ad);
