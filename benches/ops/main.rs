@@ -5,7 +5,7 @@
 //! MiSS/Bone bat composed as in a training step; MiSS/Bone bat's few-token layer, factored and
 //! composed; and the
 //! whole OPT-125m, OPT-350m and OPT-1.3b forward of 1 and 256
-//! tokens, a decoding step after 256 cached tokens and a greedy generation of 32 tokens after 256
+//! tokens (also with LoRA q,v, unmerged and merged), a decoding step after 256 cached tokens and a greedy generation of 32 tokens after 256
 //! (pytorch_ops.py runs transformers' OPT on the same shapes; OPT-1.3b's 5.3 GB of random
 //! weights take about half a minute to draw).
 //!
@@ -206,6 +206,35 @@ fn main() {
         });
     }
 
+    // The same forward with LoRA r16 on q and v: unmerged (the factored branch beside each base
+    // product) and merged into the weights (the guide's "1 token unmerged → merged"). B is
+    // PEFT's zero init; zeros cost the products what trained values do.
+    for ((label, config, params), seq) in OPT_MODELS.iter().flat_map(|m| [(m, 1usize), (m, 256)]) {
+        let names = ["unmerged", "merged"]
+            .map(|how| format!("{label} forward, {seq} tokens, LoRA q,v {how}"));
+        if !names.iter().any(|n| kept(n)) {
+            continue;
+        }
+        use peft_models::CausalLm;
+        let model = config().init(&device).expect("valid OPT config");
+        let lora =
+            peft_lora::LoraConfig::new(peft_core::TargetModules::names(["q_proj", "v_proj"]))
+                .with_r(16)
+                .with_alpha(16.0);
+        let lora = peft_lora::LoraModel::inject(model, &lora, &peft_lora::InjectOptions::default())
+            .expect("q_proj and v_proj exist");
+        let ids = Tensor::<2>::random([1, seq], Distribution::Uniform(0.0, 50000.0), &device).int();
+        let flop = 2.0 * params * seq as f64;
+        let unmerged = lora.model.clone();
+        let merged = lora.merge_and_unload();
+        for (name, model) in names.iter().zip([&unmerged, &merged]) {
+            time(name, flop, || {
+                let logits = model.forward(ids.clone());
+                logits.slice([0..1, 0..1, 0..1]).into_scalar::<f32>()
+            });
+        }
+    }
+
     // A decoding step with a key/value cache: one new token after a 256-token prompt, as
     // `generate` runs every token after the first (pytorch_ops.py: transformers' step with
     // `past_key_values`). After each call the cache is truncated back to the prompt, as
@@ -318,14 +347,18 @@ fn main() {
 
     // OPT-350m's head: 512 wide (its `project_out` runs before it); the training step's slices.
     let embedding_350m = random([1, 1, vocab, 512]);
-    let x = random([1, 1, 512, 512]);
-    let g = random([1, 1, 512, vocab]);
+    let x_350m = random([1, 1, 512, 512]);
+    let g_350m = random([1, 1, 512, vocab]);
     let flop = 2.0 * (512 * 512 * vocab) as f64;
     time("head x·Eᵀ, 512 rows, 350m (512 wide)", flop, || {
-        first(x.clone().matmul(embedding_350m.clone().swap_dims(2, 3)))
+        first(
+            x_350m
+                .clone()
+                .matmul(embedding_350m.clone().swap_dims(2, 3)),
+        )
     });
     time("head g·E, 512 rows, 350m (512 wide)", flop, || {
-        first(g.clone().matmul(embedding_350m.clone()))
+        first(g_350m.clone().matmul(embedding_350m.clone()))
     });
     // A third of the gradient subnormal, as a softmax over very spread logits makes it
     // (burn's default `normal(0, 1)` embedding made the guide's random OPT do that).
@@ -335,7 +368,7 @@ fn main() {
         .equal_elem(0)
         .reshape([1, 1, 1, vocab])
         .expand([1, 1, 512, vocab]);
-    let g_subnormal = g.clone().mask_where(every_third, tiny);
+    let g_subnormal = g_350m.mask_where(every_third, tiny);
     time(
         "head g·E, 512 rows, 350m (512 wide), a third subnormal",
         flop,
@@ -486,4 +519,31 @@ fn main() {
     time("LoRA (xA)·B [1024,16]·[16,768]", lora_flop, || {
         first(xa.clone().matmul(b.clone()))
     });
+    // A decoding step's LoRA branch on one OPT-350m layer (d 1024, r 16), the products and the
+    // scaling and addition the unmerged layer runs after its base product.
+    let (a, b) = (random([1, 1, 1024, 16]), random([1, 1, 16, 1024]));
+    let token = random([1, 1, 1, 1024]);
+    let token_flop = 2.0 * (1024 * 16) as f64;
+    time("LoRA 1 token x·A [1,1024]·[1024,16]", token_flop, || {
+        first(token.clone().matmul(a.clone()))
+    });
+    let ta = random([1, 1, 1, 16]);
+    time("LoRA 1 token (xA)·B [1,16]·[16,1024]", token_flop, || {
+        first(ta.clone().matmul(b.clone()))
+    });
+    let base = random([1, 1, 1, 1024]);
+    time(
+        "LoRA 1 token branch, s·(x·A)·B + base",
+        2.0 * token_flop,
+        || {
+            first(
+                base.clone()
+                    + token
+                        .clone()
+                        .matmul(a.clone())
+                        .mul_scalar(2.0)
+                        .matmul(b.clone()),
+            )
+        },
+    );
 }

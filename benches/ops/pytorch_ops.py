@@ -97,6 +97,25 @@ def main():
             with torch.no_grad():
                 bench(name, 2 * params * seq, lambda: model(input_ids=ids).logits)
             del model
+    # The same forward with PEFT's LoRA r16 on q and v, unmerged and merged (op-bench's
+    # "…, LoRA q,v unmerged / merged"; B is PEFT's zero init on both sides).
+    for label, model_spec in opt_configs().items():
+        for seq in (1, 256):
+            names = [f"{label} forward, {seq} tokens, LoRA q,v {how}" for how in ("unmerged", "merged")]
+            if FILTER is not None and not any(FILTER in n for n in names):
+                continue
+            from peft import LoraConfig, get_peft_model
+            from transformers import OPTConfig, OPTForCausalLM
+
+            params = model_spec["params"]
+            model = OPTForCausalLM(OPTConfig(**model_spec["config"])).float().eval()
+            config = LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+            unmerged = get_peft_model(model, config).eval()
+            ids = torch.randint(0, 50000, (1, seq))
+            bench(names[0], 2 * params * seq, lambda: unmerged(input_ids=ids).logits)
+            merged = unmerged.merge_and_unload()
+            bench(names[1], 2 * params * seq, lambda: merged(input_ids=ids).logits)
+            del model, unmerged, merged
     # A decoding step with a key/value cache: one new token after a 256-token prompt (op-bench's
     # "decoding step, 256 cached"); the cache is cropped back to the prompt after each call
     # (`crop(-1)` drops the last position; transformers 5 takes the count to remove).
@@ -230,6 +249,12 @@ def main():
     lora_flop = 2 * tokens * d * 16
     bench("LoRA x·A [1024,768]·[768,16]", lora_flop, lambda: x @ a)
     bench("LoRA (xA)·B [1024,16]·[16,768]", lora_flop, lambda: xa @ b)
+    # A decoding step's LoRA branch on one OPT-350m layer (d 1024, r 16).
+    a, b, token, ta, base = r(1024, 16), r(16, 1024), r(1, 1024), r(1, 16), r(1, 1024)
+    token_flop = 2 * 1024 * 16
+    bench("LoRA 1 token x·A [1,1024]·[1024,16]", token_flop, lambda: token @ a)
+    bench("LoRA 1 token (xA)·B [1,16]·[16,1024]", token_flop, lambda: ta @ b)
+    bench("LoRA 1 token branch, s·(x·A)·B + base", 2 * token_flop, lambda: base + ((token @ a) * 2.0) @ b)
 
 
 if __name__ == "__main__":
