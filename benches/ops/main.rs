@@ -3,11 +3,11 @@
 //! ops that run far below PyTorch's rate; the attention and a Llama RMS norm forward and backward
 //! (op by op and as one node); one OPT-1.3b layer forward and backward, frozen and with
 //! MiSS/Bone bat composed as in a training step; MiSS/Bone bat's few-token layer, factored and
-//! composed; and the
-//! whole OPT-125m, OPT-350m and OPT-1.3b forward of 1 and 256
-//! tokens (also with LoRA q,v, unmerged and merged), a decoding step after 256 cached tokens and a greedy generation of 32 tokens after 256
-//! (pytorch_ops.py runs transformers' OPT on the same shapes; OPT-1.3b's 5.3 GB of random
-//! weights take about half a minute to draw).
+//! composed; the LoRA branch's products, at 1024 tokens and at one; and the whole OPT-125m,
+//! OPT-350m and OPT-1.3b forward of 1 and 256 tokens (also with LoRA q,v, unmerged and merged), a
+//! decoding step after 256 cached tokens and a greedy generation of 32 tokens after 256
+//! (pytorch_ops.py runs transformers' OPT, and PEFT's LoRA, on the same shapes; OPT-1.3b's 5.3 GB
+//! of random weights take about half a minute to draw).
 //!
 //! ```text
 //! BURN_DEVICE=flex target/release/op-bench [FILTER]        # ours

@@ -101,7 +101,9 @@ def main():
     # "…, LoRA q,v unmerged / merged"; B is PEFT's zero init on both sides).
     for label, model_spec in opt_configs().items():
         for seq in (1, 256):
-            names = [f"{label} forward, {seq} tokens, LoRA q,v {how}" for how in ("unmerged", "merged")]
+            names = [
+                f"{label} forward, {seq} tokens, LoRA q,v {how}" for how in ("unmerged", "merged")
+            ]
             if FILTER is not None and not any(FILTER in n for n in names):
                 continue
             from peft import LoraConfig, get_peft_model
@@ -254,7 +256,8 @@ def main():
     token_flop = 2 * 1024 * 16
     bench("LoRA 1 token x·A [1,1024]·[1024,16]", token_flop, lambda: token @ a)
     bench("LoRA 1 token (xA)·B [1,16]·[16,1024]", token_flop, lambda: ta @ b)
-    bench("LoRA 1 token branch, s·(x·A)·B + base", 2 * token_flop, lambda: base + ((token @ a) * 2.0) @ b)
+    bench("LoRA 1 token branch, s·(x·A)·B + base", 2 * token_flop,
+          lambda: base + ((token @ a) * 2.0) @ b)
 
 
 if __name__ == "__main__":
