@@ -26,10 +26,14 @@
 //! (OPT-1.3b by default, or any with `--rows-per-group N`) runs its rows in groups: the frozen
 //! base and LoRA q,v, which the other rows are compared with, and at most N others, one group
 //! (and one PyTorch worker) after another; a row's ratios to those two are taken within its group.
+//! The model's largest layer product also runs alone in the training rounds on both sides
+//! ([`products`]), and the run records the machine ([`machine`]) and PyTorch's BLAS.
 //! It prints tables, writes `results.json`, SVG charts and the measured sections of
 //! `docs/method_comparison*.md`.
 
+mod machine;
 mod measure;
+mod products;
 mod pytorch;
 mod report;
 
@@ -41,6 +45,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use measure::{Method, Row, Samples, Settings};
 use peak_alloc::PeakAlloc;
 use peft_models::{OptConfig, OptForCausalLm};
+use products::Product;
 use serde_json::{Value, json};
 
 /// Every heap allocation is counted: the peak-memory figures are read from it.
@@ -168,6 +173,7 @@ fn main() {
         get("--models").unwrap_or_else(|| if quick { "125m" } else { "125m,350m,1.3b" }.into());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let vs_pytorch = torch.is_some();
+    let machine = machine::describe();
     let meta = |models: &serde_json::Map<String, Value>| {
         json!({
             "command": std::env::args().skip(1).collect::<Vec<_>>(),
@@ -175,6 +181,7 @@ fn main() {
             "vs_pytorch": vs_pytorch,
             "backend": backend_label(&format!("{:?}", Device::default())),
             "threads": threads,
+            "machine": machine,
             "models": models,
         })
     };
@@ -201,7 +208,7 @@ fn main() {
         if let Some(v) = &rows_per_group {
             settings.rows_per_group = *v;
         }
-        let rows = run_model(
+        let (rows, products) = run_model(
             name,
             &config,
             &methods,
@@ -214,6 +221,7 @@ fn main() {
             json!({
                 "settings": {"batch": settings.batch, "seq": settings.seq, "timed_steps": settings.steps, "reps": settings.reps, "rows_per_group": settings.rows_per_group},
                 "rows": rows,
+                "products": products,
             }),
         );
         // Written after every model, so that a run killed later (a larger model running out of
@@ -342,9 +350,10 @@ fn row_groups(runs: &[Method], per_group: Option<usize>) -> Vec<Vec<Method>> {
 
 /// Measures every row of one model in rounds (ours, then PyTorch's, row by row), a group of
 /// rows at a time (see [`row_groups`]), then each row's step memory in a process of its own;
-/// returns the rows' JSON objects. A row measured in a later group than the first carries the
-/// anchors of its own group under `same_rounds`, so that its ratios to them are taken round by
-/// round.
+/// returns the rows' JSON objects, and those of the model's products alone (see
+/// [`products`]), timed in the first group's training rounds. A row measured in a later group
+/// than the first carries the anchors of its own group under `same_rounds`, so that its ratios
+/// to them are taken round by round.
 fn run_model(
     name: &str,
     config: &OptConfig,
@@ -352,7 +361,7 @@ fn run_model(
     s: &Settings,
     python: Option<&str>,
     threads: usize,
-) -> Vec<Value> {
+) -> (Vec<Value>, Vec<Value>) {
     let params = measure::total_params(config);
     let (runs, skipped): (Vec<Method>, Vec<Method>) = methods
         .iter()
@@ -361,6 +370,7 @@ fn run_model(
     let device = Device::default().autodiff();
     let base = base_model(config, &device);
     let groups = row_groups(&runs, s.rows_per_group);
+    let mut products = Product::for_model(config, s.batch, s.seq, &Device::default());
     let per_row = (s.steps + 1 + s.reps + 1) as u64;
     let measured: usize = groups.iter().map(Vec::len).sum();
     let bar = ProgressBar::new(per_row * measured as u64 + runs.len() as u64);
@@ -375,10 +385,14 @@ fn run_model(
         } else {
             String::new()
         };
-        let rows = run_group(&base, config, group, s, python, threads, &bar, &label);
+        let timed: &mut [Product] = if g == 0 { &mut products } else { &mut [] };
+        let rows = run_group(
+            &base, config, group, timed, s, python, threads, &bar, &label,
+        );
         add_group(&mut out, rows, g, groups.len());
     }
     drop(base);
+    let products: Vec<Value> = products.iter().map(Product::json).collect();
     // What the groups freed goes back to the kernel, so that the memory processes below have it.
     peft_train::memory::release_freed_memory();
     // Memory: each row alone in a fresh process, both sides measured the same way.
@@ -411,7 +425,7 @@ fn run_model(
     }
     // Table order.
     out.sort_by_key(|r| Method::ALL.iter().position(|m| r["key"] == m.key()));
-    out
+    (out, products)
 }
 
 /// Adds the rows of group `g` (from 0) of `groups` to `out`. The frozen base and LoRA q,v come
@@ -446,14 +460,16 @@ fn add_group(out: &mut Vec<Value>, rows: Vec<Value>, g: usize, groups: usize) {
     }
 }
 
-/// Measures one group of rows in rounds, with PyTorch's (a worker of its own) beside them;
-/// returns the rows' JSON objects, PyTorch's timings under `pytorch`. Every row of the group
-/// and the worker are dropped before it returns.
+/// Measures one group of rows in rounds, with PyTorch's (a worker of its own) beside them, and
+/// `products` after the rows' steps in each training round (ours, then PyTorch's); returns the
+/// rows' JSON objects, PyTorch's timings under `pytorch`. Every row of the group and the worker
+/// are dropped before it returns.
 #[allow(clippy::too_many_arguments)]
 fn run_group(
     base: &OptForCausalLm,
     config: &OptConfig,
     methods: &[Method],
+    products: &mut [Product],
     s: &Settings,
     python: Option<&str>,
     threads: usize,
@@ -477,6 +493,15 @@ fn run_group(
                 t.samples.entry(key).or_default().step_s.push(dt);
             }
             bar.inc(1);
+        }
+        for p in products.iter_mut() {
+            p.time(round > 0);
+            if let Some(t) = torch.as_mut().filter(|t| t.worker.is_some())
+                && let Some(dt) = t.call(|w| w.product(p.m, p.k, p.n))
+                && round > 0
+            {
+                p.pytorch_s.push(dt);
+            }
         }
     }
     for row in &mut rows {
@@ -581,6 +606,13 @@ fn publish(meta: &Value, out: &Path) {
                 "Against HF PEFT on PyTorch, same machine, {threads} threads (ours / PyTorch; below 1 is faster):\n\n{vs}\n"
             ));
         }
+        if let Some(products) = model["products"].as_array().filter(|p| !p.is_empty()) {
+            let t = report::products_table(products);
+            println!("{t}");
+            section.push_str(&format!(
+                "The model's largest layer product alone, in the same training rounds (one call a round after the rows' steps, the same operands every round, so the weight may be in the caches; GFLOP/s from the median):\n\n{t}\n"
+            ));
+        }
         section.push_str(&format!(
             "Targets on this model (each ratio taken round by round; met or missed only when the interval of its median, at least 90 % confidence from the order statistics of the rounds' ratios, is on one side of the bound; with seven rounds or fewer that interval is the min–max):\n\n{targets}\n"
         ));
@@ -608,11 +640,19 @@ fn publish(meta: &Value, out: &Path) {
         md.push_str(&section);
         md.push('\n');
     }
-    let header = format!(
+    let mut header = format!(
         "Measured by `cargo xtask bench{}{}` on backend {backend} with {threads} threads: OPT architectures with random weights (drawn as transformers draws them) shared by every row; the rows (and PyTorch's, in a persistent worker) run interleaved in rounds after one warm-up round; times are medians with their min–max over the rounds, and a ratio is taken round by round. The machine is shared and noisy: a difference inside the spread is not a result, and a target is judged by the interval of its median ratio (see the targets tables).\n\n",
         if quick { " --quick" } else { "" },
         if torch { " --vs-pytorch" } else { "" },
     );
+    let machine = machine::summary(&meta["machine"]);
+    if !machine.is_empty() {
+        header.push_str(&format!("Machine: {machine}."));
+        if let Some(v) = report::pytorch_versions(models) {
+            header.push_str(&format!(" PyTorch: {v}."));
+        }
+        header.push_str("\n\n");
+    }
     let guide = out.join("method_comparison.md");
     report::splice_file(&guide, "guide", &format!("{header}{md}"));
     for (page, method_keys) in [

@@ -14,10 +14,15 @@ Two modes:
                                                    "versions": {...}}
           {"cmd": "step", "method": key}       -> {"s": seconds}  (one training step)
           {"cmd": "infer", "method": key}      -> {"prompt_s": .., "token_s": ..}  (no grad)
+          {"cmd": "product", "m": M, "k": K, "n": N}
+                                               -> {"s": seconds}  (one F.linear of an [M, K]
+                                                   input and an [N, K] weight, no grad)
           {"cmd": "quit"}
         Every row shares the base model's weight tensors (full fine-tuning gets its own copy),
         as the Rust rows do. A merged adapter is the base architecture with other weight
-        values, so `"method": "base"` times the merged figures of every row.
+        values, so `"method": "base"` times the merged figures of every row. The setup's
+        "versions" also say which BLAS this torch was built with and which CPU capability it
+        runs its own kernels at.
 
     python3 pytorch.py --memory '{"config": ..., "method": key, "batch": 4, "seq": 256,
                                   "threads": 2}'
@@ -136,6 +141,38 @@ class Row:
         return out
 
 
+def blas_info(torch):
+    """The BLAS this torch was built with, as `torch.__config__.show()` names it."""
+    shown = torch.__config__.show()
+    for line in shown.splitlines():
+        line = line.strip().lstrip("- ")
+        if "Math Kernel Library Version" in line:
+            return line.split(" for ")[0]
+    found = re.search(r"BLAS_INFO=([^,\s]+)", shown)
+    return found.group(1) if found else "unknown"
+
+
+class Products:
+    """`F.linear` alone, on operands made once per shape (uniform in [-1, 1), no grad)."""
+
+    def __init__(self):
+        self.operands = {}
+
+    def time(self, m, k, n):
+        import torch
+        import torch.nn.functional as F
+
+        if (m, k, n) not in self.operands:
+            x = torch.rand(m, k) * 2 - 1
+            w = torch.rand(n, k) * 2 - 1
+            self.operands[(m, k, n)] = (x, w)
+        x, w = self.operands[(m, k, n)]
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            F.linear(x, w)
+            return time.perf_counter() - t0
+
+
 def opt_config(spec):
     from transformers import OPTConfig
 
@@ -165,12 +202,15 @@ def setup(spec):
         "torch": torch.__version__,
         "peft": peft.__version__,
         "transformers": transformers.__version__,
+        "blas": blas_info(torch),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
     }
     return rows, {"rows": info, "versions": versions}
 
 
 def worker():
-    rows = {}
+    rows, products = {}, Products()
     for line in sys.stdin:
         cmd = json.loads(line)
         try:
@@ -180,6 +220,8 @@ def worker():
                 answer = {"s": rows[cmd["method"]].step()}
             elif cmd["cmd"] == "infer":
                 answer = rows[cmd["method"]].infer()
+            elif cmd["cmd"] == "product":
+                answer = {"s": products.time(cmd["m"], cmd["k"], cmd["n"])}
             elif cmd["cmd"] == "quit":
                 return
             else:

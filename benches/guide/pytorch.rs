@@ -39,7 +39,8 @@ pub struct Worker {
 
 impl Worker {
     /// Starts the worker and builds `methods` on one model; returns it with the setup answer
-    /// (`{"rows": {key: {...}}, "versions": {...}}`).
+    /// (`{"rows": {key: {...}}, "versions": {...}}`; the versions include the BLAS torch was
+    /// built with, its CPU capability and its threads).
     pub fn start(
         python: &str,
         config: &OptConfig,
@@ -108,6 +109,12 @@ impl Worker {
             (Some(p), Some(t)) => Ok((p, t)),
             _ => Err("pytorch.py: no times".into()),
         }
+    }
+
+    /// One `F.linear` of an `[m, k]` input and an `[n, k]` weight; its time in seconds.
+    pub fn product(&mut self, m: usize, k: usize, n: usize) -> Result<f64, String> {
+        let a = self.ask(&json!({"cmd": "product", "m": m, "k": k, "n": n}))?;
+        a["s"].as_f64().ok_or_else(|| "pytorch.py: no time".into())
     }
 }
 

@@ -175,6 +175,78 @@ pub fn pytorch_table(rows: &[Value]) -> String {
     t
 }
 
+/// The products alone (`results.json`'s `products` of one model): each side's median with its
+/// min–max, its rate in GFLOP/s (`2·m·k·n` over the median) and ours / PyTorch round by round.
+pub fn products_table(products: &[Value]) -> String {
+    let mut t = String::from(
+        "| product `[m, k]·[k, n]` | ours (`gemm` through burn-flex), median (min–max ms) | GFLOP/s | PyTorch `F.linear`, median (min–max ms) | GFLOP/s | ours / PyTorch |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for p in products {
+        let flop = 2.0 * f(p, "m") * f(p, "k") * f(p, "n");
+        let rate = |side: &Value| {
+            let s = f(side, "s");
+            if s.is_nan() {
+                "—".to_string()
+            } else {
+                format!("{:.0}", flop / s / 1e9)
+            }
+        };
+        let torch = &p["pytorch"];
+        // A product takes milliseconds: its spread to a hundredth of one.
+        let time = |side: &Value| {
+            let s = Spread::of(&samples(side, "s"));
+            if s.min == s.max {
+                format!("{:.2} ms", s.median * 1e3)
+            } else {
+                format!(
+                    "{:.2} ms ({:.2}–{:.2})",
+                    s.median * 1e3,
+                    s.min * 1e3,
+                    s.max * 1e3
+                )
+            }
+        };
+        let (torch_time, ratio) = if torch.is_null() {
+            ("—".to_string(), "—".to_string())
+        } else {
+            (time(torch), ratio_spread(paired(p, "s", torch, "s")))
+        };
+        let _ = writeln!(
+            t,
+            "| {} `[{}, {}]·[{}, {}]` | {} | {} | {torch_time} | {} | {ratio} |",
+            p["what"].as_str().unwrap_or("?"),
+            p["m"],
+            p["k"],
+            p["k"],
+            p["n"],
+            time(p),
+            rate(p),
+            rate(torch),
+        );
+    }
+    t
+}
+
+/// PyTorch's side as its worker reported it (the first row with versions): `torch 2.15.0,
+/// BLAS Intel(R) oneAPI Math Kernel Library Version 2024.2-…, CPU capability AVX512, 2
+/// threads`; `None` without a PyTorch row or in results written before the worker said so.
+pub fn pytorch_versions(models: &serde_json::Map<String, Value>) -> Option<String> {
+    let v = models
+        .values()
+        .filter_map(|m| m["rows"].as_array())
+        .flatten()
+        .map(|r| &r["pytorch"]["versions"])
+        .find(|v| v.get("blas").is_some())?;
+    let text = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+    Some(format!(
+        "torch {}, BLAS {}, CPU capability {}, {} threads",
+        text("torch"),
+        text("blas"),
+        text("cpu_capability"),
+        v["threads"]
+    ))
+}
+
 /// Which way a target points.
 #[derive(Clone, Copy)]
 enum Bound {
@@ -426,6 +498,44 @@ pub fn splice_file(path: &Path, marker: &str, generated: &str) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn products_show_both_sides_rates_and_their_ratio_round_by_round() {
+        let p = json!({
+            "what": "fc1", "m": 1000, "k": 500, "n": 1000, "s": 0.01,
+            "samples": {"s": [0.01, 0.012, 0.009]},
+            "pytorch": {"s": 0.02, "samples": {"s": [0.02, 0.02, 0.03]}},
+        });
+        let t = products_table(&[p]);
+        // 2·1000·500·1000 = 1 GFLOP: 100 GFLOP/s at 10 ms, 50 at 20 ms; ratios 0.5, 0.6, 0.3.
+        assert!(
+            t.contains("| fc1 `[1000, 500]·[500, 1000]` | 10.00 ms (9.00–12.00) | 100 | 20.00 ms (20.00–30.00) | 50 | 0.50× (0.30–0.60) |"),
+            "{t}"
+        );
+        let ours_only =
+            products_table(&[json!({"what": "fc1", "m": 1000, "k": 500, "n": 1000, "s": 0.01})]);
+        assert!(
+            ours_only.contains("| 10.00 ms | 100 | — | — | — |"),
+            "{ours_only}"
+        );
+    }
+
+    #[test]
+    fn pytorch_versions_come_from_the_first_row_that_has_them() {
+        let models = json!({
+            "125m": {"rows": [
+                {"key": "burn-lora", "pytorch": {"skipped": "no counterpart"}},
+                {"key": "frozen", "pytorch": {"versions": {"torch": "2.15.0", "blas": "MKL", "cpu_capability": "AVX512", "threads": 2}}},
+            ]},
+        });
+        assert_eq!(
+            pytorch_versions(models.as_object().unwrap()).as_deref(),
+            Some("torch 2.15.0, BLAS MKL, CPU capability AVX512, 2 threads")
+        );
+        // Results written before the worker reported its BLAS: nothing.
+        let old = json!({"125m": {"rows": [{"pytorch": {"versions": {"torch": "2.15.0"}}}]}});
+        assert_eq!(pytorch_versions(old.as_object().unwrap()), None);
+    }
 
     #[test]
     fn splice_replaces_between_markers_and_appends_when_absent() {
