@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! guide [--models 125m,350m,1.3b] [--quick] [--methods frozen,lora-qv,..] [--batch B] [--seq S]
-//!       [--steps N] [--reps N] [--rows-per-group N|all] [--vs-pytorch] [--python PY] [--out docs]
+//!       [--steps N] [--reps N] [--rows-per-group N|all] [--vs-pytorch] [--python PY]
+//!       [--settle-ms N] [--out docs]
 //! guide --from-json docs/method_comparison/results.json [--out docs]   # re-render only
 //! guide --memory --models M --methods K [--batch B] [--seq S]   # one row's step memory
 //! ```
@@ -22,7 +23,9 @@
 //! the sign test's interval, at least 90 % confidence whatever the ratios' distribution (the
 //! min–max for up to seven rounds, the 2nd to 8th of nine). With
 //! `--vs-pytorch` the same rows run in HF PEFT in a persistent worker (`pytorch.py --worker`),
-//! each PyTorch step right after ours in the same round. A model too large for every row at once
+//! each PyTorch step right after ours in the same round, each side's call starting `--settle-ms`
+//! (default 50) after the other's ended: PyTorch's OpenMP threads keep spinning for about 10 ms
+//! after a call, and a call of ours started in that time shared the two cores with them. A model too large for every row at once
 //! (OPT-1.3b by default, or any with `--rows-per-group N`) runs its rows in groups: the frozen
 //! base and LoRA q,v, which the other rows are compared with, and at most N others, one group
 //! (and one PyTorch worker) after another; a row's ratios to those two are taken within its group.
@@ -91,7 +94,8 @@ const USAGE: &str = "\
 guide: the method comparison guide (`cargo xtask bench`), measured
 
 guide [--models 125m,350m,1.3b] [--quick] [--methods frozen,lora-qv,..] [--batch B] [--seq S]
-      [--steps N] [--reps N] [--rows-per-group N|all] [--vs-pytorch] [--python PY] [--out docs]
+      [--steps N] [--reps N] [--rows-per-group N|all] [--vs-pytorch] [--python PY]
+      [--settle-ms N] [--out docs]
 guide --from-json docs/method_comparison/results.json [--out docs]   # re-render only
 guide --memory --models M --methods K [--batch B] [--seq S]   # one row's step memory
 
@@ -174,6 +178,7 @@ fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let vs_pytorch = torch.is_some();
     let machine = machine::describe();
+    eprintln!("guide: machine: {}", machine::summary(&machine));
     let meta = |models: &serde_json::Map<String, Value>| {
         json!({
             "command": std::env::args().skip(1).collect::<Vec<_>>(),
@@ -205,6 +210,7 @@ fn main() {
         settings.seq = num("--seq").unwrap_or(settings.seq);
         settings.steps = num("--steps").unwrap_or(settings.steps).max(1);
         settings.reps = num("--reps").unwrap_or(settings.reps).max(1);
+        settings.settle_ms = num("--settle-ms").map_or(settings.settle_ms, |n| n as u64);
         if let Some(v) = &rows_per_group {
             settings.rows_per_group = *v;
         }
@@ -219,7 +225,7 @@ fn main() {
         all.insert(
             name.to_string(),
             json!({
-                "settings": {"batch": settings.batch, "seq": settings.seq, "timed_steps": settings.steps, "reps": settings.reps, "rows_per_group": settings.rows_per_group},
+                "settings": {"batch": settings.batch, "seq": settings.seq, "timed_steps": settings.steps, "reps": settings.reps, "rows_per_group": settings.rows_per_group, "settle_ms": torch.as_ref().map(|_| settings.settle_ms)},
                 "rows": rows,
                 "products": products,
             }),
@@ -262,6 +268,8 @@ fn opt_config(name: &str) -> OptConfig {
 /// PyTorch's side of one group of rows: the worker and each row's samples, or why there is none.
 struct Torch {
     worker: Option<pytorch::Worker>,
+    /// The wait before and after each of the worker's calls.
+    settle: std::time::Duration,
     setup: Value,
     samples: HashMap<&'static str, Samples>,
     failed: Option<String>,
@@ -275,15 +283,18 @@ impl Torch {
         s: &Settings,
         threads: usize,
     ) -> Self {
+        let settle = std::time::Duration::from_millis(s.settle_ms);
         match pytorch::Worker::start(python, config, methods, s, threads) {
             Ok((worker, setup)) => Self {
                 worker: Some(worker),
+                settle,
                 setup,
                 samples: HashMap::new(),
                 failed: None,
             },
             Err(e) => Self {
                 worker: None,
+                settle,
                 setup: Value::Null,
                 samples: HashMap::new(),
                 failed: Some(e),
@@ -296,9 +307,13 @@ impl Torch {
         self.worker.is_some() && self.setup["rows"][key].get("skipped").is_none()
     }
 
-    /// Runs `f` on the worker; a failure ends PyTorch's side of this model, with its reason.
+    /// Runs `f` on the worker, `settle` after our last call and before our next one; a failure
+    /// ends PyTorch's side of this model, with its reason.
     fn call<T>(&mut self, f: impl FnOnce(&mut pytorch::Worker) -> Result<T, String>) -> Option<T> {
-        let result = f(self.worker.as_mut()?);
+        let worker = self.worker.as_mut()?;
+        std::thread::sleep(self.settle);
+        let result = f(worker);
+        std::thread::sleep(self.settle);
         match result {
             Ok(v) => Some(v),
             Err(e) => {
@@ -590,6 +605,11 @@ fn publish(meta: &Value, out: &Path) {
             "OPT-{name} (random weights), batch {} × seq {}, {} timed steps, {} inference repetitions",
             st["batch"], st["seq"], st["timed_steps"], st["reps"]
         );
+        if let Some(n) = st["settle_ms"].as_u64() {
+            heading.push_str(&format!(
+                "; each side's call started {n} ms after the other side's ended"
+            ));
+        }
         if let Some(n) = st["rows_per_group"].as_u64() {
             heading.push_str(&format!(
                 "; rows in groups (the frozen base and LoRA q,v with at most {n} other rows in the same rounds, one group after another, each with a PyTorch worker of its own): a row's ratios to those two are taken within its group, and their own figures are the first group's"

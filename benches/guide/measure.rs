@@ -89,6 +89,14 @@ impl Method {
     }
 }
 
+/// How long each side's call waits after the other's by default (`--settle-ms`): PyTorch's
+/// OpenMP threads (libgomp, its default wait policy) spin for about 10 ms after a parallel call
+/// before they sleep, and a call of ours started in that time ran beside them (an fc1 product of
+/// 256 tokens: 7.9 ms against 3.3 ms with the worker's threads sleeping at once, on the 2-core
+/// Zen 5 VM). Rayon's idle threads (ours) yield a few dozen times before they sleep; the wait
+/// is kept on both sides.
+pub const SETTLE_MS: u64 = 50;
+
 /// Run settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -103,6 +111,9 @@ pub struct Settings {
     /// At most this many rows besides the frozen base and LoRA q,v in the same rounds (`None`:
     /// every row at once); each group has its own rows and PyTorch worker, one group at a time.
     pub rows_per_group: Option<usize>,
+    /// With `--vs-pytorch`: milliseconds between one side's call and the other's
+    /// ([`SETTLE_MS`] unless `--settle-ms` says otherwise).
+    pub settle_ms: u64,
 }
 
 impl Settings {
@@ -121,6 +132,7 @@ impl Settings {
                 steps: 3,
                 reps: 3,
                 rows_per_group: None,
+                settle_ms: SETTLE_MS,
             },
             (false, "1.3b") => Self {
                 batch: 1,
@@ -128,6 +140,7 @@ impl Settings {
                 steps: 5,
                 reps: 5,
                 rows_per_group: Some(2),
+                settle_ms: SETTLE_MS,
             },
             (false, _) => Self {
                 batch: 4,
@@ -135,6 +148,7 @@ impl Settings {
                 steps: 9,
                 reps: 9,
                 rows_per_group: None,
+                settle_ms: SETTLE_MS,
             },
         }
     }
