@@ -1,6 +1,6 @@
 """PyTorch's side of the prompt-products probe: the same products (the weight as PyTorch stores
 it, [out, in]) through F.linear and through F.linear with a bias (addmm), interleaved, 2
-threads, 512 MiB written between calls unless WARM is set (COPIES=n: the next of n copies of
+threads (THREADS=n: n), 512 MiB written between calls unless WARM is set (COPIES=n: the next of n copies of
 the weight instead), a Linear's input gradient (" dX " shapes) through matmul with the weight
 [out, in]. ROUNDS timed rounds (default 15) after one untimed; FILTER keeps the shapes whose
 name contains it."""
@@ -10,7 +10,7 @@ import time
 
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 T = 256
 SHAPES = [
     ("1.3b q x·W 256x2048x2048", 2048, 2048),
