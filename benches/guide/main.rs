@@ -23,12 +23,13 @@
 //! the sign test's interval, at least 90 % confidence whatever the ratios' distribution (the
 //! min–max for up to seven rounds, the 2nd to 8th of nine). With
 //! `--vs-pytorch` the same rows run in HF PEFT in a persistent worker (`pytorch.py --worker`),
-//! each PyTorch step right after ours in the same round, each side's call starting `--settle-ms`
-//! (default 50) after the other's ended: PyTorch's OpenMP threads keep spinning for about 10 ms
-//! after a call, and a call of ours started in that time shared the two cores with them. A model too large for every row at once
-//! (OPT-1.3b by default, or any with `--rows-per-group N`) runs its rows in groups: the frozen
-//! base and LoRA q,v, which the other rows are compared with, and at most N others, one group
-//! (and one PyTorch worker) after another; a row's ratios to those two are taken within its group.
+//! each PyTorch step right after ours in the same round, each side's call starting
+//! `--settle-ms` (default 50) after the other's ended: PyTorch's OpenMP threads keep spinning
+//! for about 10 ms after a call, and a call of ours started in that time shared the two cores
+//! with them. A model too large for every row at once (OPT-1.3b by default, or any with
+//! `--rows-per-group N`) runs its rows in groups: the frozen base and LoRA q,v, which the other
+//! rows are compared with, and at most N others, one group (and one PyTorch worker) after
+//! another; a row's ratios to those two are taken within its group.
 //! The model's largest layer product also runs alone in the training rounds on both sides
 //! ([`products`]), and the run records the machine ([`machine`]) and PyTorch's BLAS.
 //! It prints tables, writes `results.json`, SVG charts and the measured sections of
