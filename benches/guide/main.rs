@@ -512,7 +512,7 @@ fn run_group(
         }
         for p in products.iter_mut() {
             p.time(round > 0);
-            if let Some(t) = torch.as_mut().filter(|t| t.worker.is_some())
+            if let Some(t) = torch.as_mut()
                 && let Some(dt) = t.call(|w| w.product(p.m, p.k, p.n))
                 && round > 0
             {

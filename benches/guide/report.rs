@@ -66,11 +66,22 @@ fn paired(a: &Value, fa: &str, b: &Value, fb: &str) -> Spread {
 
 /// `4.72 s (4.65–4.80)`-style: a time with its spread.
 fn ms_spread(r: &Value, field: &str) -> String {
+    ms_spread_to(r, field, 1, 0)
+}
+
+/// [`ms_spread`] with the median to `median_dp` decimals of a millisecond and the min–max to
+/// `range_dp`.
+fn ms_spread_to(r: &Value, field: &str, median_dp: usize, range_dp: usize) -> String {
     let s = Spread::of(&samples(r, field));
+    let median = format!("{:.median_dp$} ms", s.median * 1e3);
     if s.min == s.max {
-        ms(s.median)
+        median
     } else {
-        format!("{} ({:.0}–{:.0})", ms(s.median), s.min * 1e3, s.max * 1e3)
+        format!(
+            "{median} ({:.range_dp$}–{:.range_dp$})",
+            s.min * 1e3,
+            s.max * 1e3
+        )
     }
 }
 
@@ -193,19 +204,7 @@ pub fn products_table(products: &[Value]) -> String {
         };
         let torch = &p["pytorch"];
         // A product takes milliseconds: its spread to a hundredth of one.
-        let time = |side: &Value| {
-            let s = Spread::of(&samples(side, "s"));
-            if s.min == s.max {
-                format!("{:.2} ms", s.median * 1e3)
-            } else {
-                format!(
-                    "{:.2} ms ({:.2}–{:.2})",
-                    s.median * 1e3,
-                    s.min * 1e3,
-                    s.max * 1e3
-                )
-            }
-        };
+        let time = |side: &Value| ms_spread_to(side, "s", 2, 2);
         let (torch_time, ratio) = if torch.is_null() {
             ("—".to_string(), "—".to_string())
         } else {
