@@ -21,8 +21,8 @@ Two modes:
         Every row shares the base model's weight tensors (full fine-tuning gets its own copy),
         as the Rust rows do. A merged adapter is the base architecture with other weight
         values, so `"method": "base"` times the merged figures of every row. The setup's
-        "versions" also say which BLAS this torch was built with and which CPU capability it
-        runs its own kernels at.
+        "versions" also say which BLAS this torch was built with, which CPU capability it
+        runs its own kernels at and, under "preload", LD_PRELOAD where it is set.
 
     python3 pytorch.py --memory '{"config": ..., "method": key, "batch": 4, "seq": 256,
                                   "threads": 2}'
@@ -32,6 +32,7 @@ Two modes:
 """
 
 import json
+import os
 import re
 import sys
 import time
@@ -206,6 +207,10 @@ def setup(spec):
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
     }
+    # A library preloaded into the worker can change which kernels torch's BLAS takes
+    # (benches/probes/mkl-avx512): say so beside the versions.
+    if os.environ.get("LD_PRELOAD"):
+        versions["preload"] = os.environ["LD_PRELOAD"]
     return rows, {"rows": info, "versions": versions}
 
 

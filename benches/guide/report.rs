@@ -228,7 +228,9 @@ pub fn products_table(products: &[Value]) -> String {
 
 /// PyTorch's side as its worker reported it (the first row with versions): `torch 2.15.0,
 /// BLAS Intel(R) oneAPI Math Kernel Library Version 2024.2-…, CPU capability AVX512, 2
-/// threads`; `None` without a PyTorch row or in results written before the worker said so.
+/// threads`, then `, LD_PRELOAD …` where the worker ran with one (a library that changes which
+/// kernels MKL takes: benches/probes/mkl-avx512); `None` without a PyTorch row or in results
+/// written before the worker said so.
 pub fn pytorch_versions(models: &serde_json::Map<String, Value>) -> Option<String> {
     let v = models
         .values()
@@ -237,8 +239,12 @@ pub fn pytorch_versions(models: &serde_json::Map<String, Value>) -> Option<Strin
         .map(|r| &r["pytorch"]["versions"])
         .find(|v| v.get("blas").is_some())?;
     let text = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+    let preload = v["preload"]
+        .as_str()
+        .map(|p| format!(", LD_PRELOAD {p}"))
+        .unwrap_or_default();
     Some(format!(
-        "torch {}, BLAS {}, CPU capability {}, {} threads",
+        "torch {}, BLAS {}, CPU capability {}, {} threads{preload}",
         text("torch"),
         text("blas"),
         text("cpu_capability"),
@@ -530,6 +536,14 @@ mod tests {
         assert_eq!(
             pytorch_versions(models.as_object().unwrap()).as_deref(),
             Some("torch 2.15.0, BLAS MKL, CPU capability AVX512, 2 threads")
+        );
+        // A worker run with a library preloaded says so.
+        let preloaded = json!({"125m": {"rows": [{"pytorch": {"versions": {"torch": "2.15.0", "blas": "MKL", "cpu_capability": "AVX512", "threads": 2, "preload": "/tmp/libintel_cpu.so"}}}]}});
+        assert_eq!(
+            pytorch_versions(preloaded.as_object().unwrap()).as_deref(),
+            Some(
+                "torch 2.15.0, BLAS MKL, CPU capability AVX512, 2 threads, LD_PRELOAD /tmp/libintel_cpu.so"
+            )
         );
         // Results written before the worker reported its BLAS: nothing.
         let old = json!({"125m": {"rows": [{"pytorch": {"versions": {"torch": "2.15.0"}}}]}});
