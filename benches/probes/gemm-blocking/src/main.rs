@@ -1,5 +1,7 @@
-//! gemm's blocking on the shapes of an OPT-125m step: gemm's own kernel params against
+//! gemm's blocking on the shapes of an OPT-125m step (and OPT-350m's, a 256-token prompt's, and
+//! OPT-1.3b's at one sequence of 256 tokens): gemm's own kernel params against
 //! overrides (GEMM_NC_CAP / GEMM_MC / GEMM_KC read by the patched gemm-common), interleaved;
+//! with l2-ways.patch, GEMM_L2_ALL=1 sizes the packed left-hand block as gemm 0.19.0 did;
 //! with tiled-pack.patch also applied, GEMM_TILED_PACK=1 packs a row-major left-hand side 16
 //! depths at a time, GEMM_TILED_PACK=2 (f32, AVX-512) in 16 × 16 blocks transposed in
 //! registers and GEMM_TILED_PACK=3 (f32, AVX) in 8 × 8 blocks; with par-prepack.patch too, GEMM_PAR_PREPACK=1 splits the prepacked left-hand side
@@ -226,6 +228,54 @@ fn main() {
             rhs_t: false,
             lhs_t: false,
         },
+        Shape {
+            name: "1.3b q x·W 256x2048x2048",
+            m: 256,
+            k: 2048,
+            n: 2048,
+            rhs_t: false,
+            lhs_t: false,
+        },
+        Shape {
+            name: "1.3b q g·Wt 256x2048x2048",
+            m: 256,
+            k: 2048,
+            n: 2048,
+            rhs_t: true,
+            lhs_t: false,
+        },
+        Shape {
+            name: "1.3b fc1 x·W 256x2048x8192",
+            m: 256,
+            k: 2048,
+            n: 8192,
+            rhs_t: false,
+            lhs_t: false,
+        },
+        Shape {
+            name: "1.3b fc2 x·W 256x8192x2048",
+            m: 256,
+            k: 8192,
+            n: 2048,
+            rhs_t: false,
+            lhs_t: false,
+        },
+        Shape {
+            name: "1.3b fc1 g·Wt 256x8192x2048",
+            m: 256,
+            k: 8192,
+            n: 2048,
+            rhs_t: true,
+            lhs_t: false,
+        },
+        Shape {
+            name: "1.3b fc2 g·Wt 256x2048x8192",
+            m: 256,
+            k: 2048,
+            n: 8192,
+            rhs_t: true,
+            lhs_t: false,
+        },
     ];
     let cfg_text = std::env::var("CFGS")
         .unwrap_or_else(|_| "default;GEMM_NC_CAP=1024;GEMM_NC_CAP=512;GEMM_NC_CAP=256".into());
@@ -252,7 +302,7 @@ fn main() {
         let mut first = Vec::new();
         for round in 0..rounds + 2 {
             for (i, (_, kv)) in cfgs.iter().enumerate() {
-                for v in ["GEMM_NC_CAP", "GEMM_MC", "GEMM_KC", "GEMM_TILED_PACK", "GEMM_PAR_PREPACK"] {
+                for v in ["GEMM_NC_CAP", "GEMM_MC", "GEMM_KC", "GEMM_TILED_PACK", "GEMM_PAR_PREPACK", "GEMM_L2_ALL"] {
                     unsafe { std::env::remove_var(v) };
                 }
                 for (k, v) in kv {
