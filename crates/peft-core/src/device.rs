@@ -248,11 +248,20 @@ mod tests {
         let device = Device::flex();
         let values = |len: usize, seed: usize| pattern(len, seed, 503.0, 1.0);
         // [rows, depth] · [cols, depth]ᵀ: gemm's inner problem has `cols` rows, prepacked whole
-        // when `cols` ≤ 2·mc (768; 333, which leaves a partial panel, with 515 depths, a tail
-        // past the last 8 and 16), packed per block by each thread when larger (3072). mc = 512
-        // on the project's VMs; elsewhere the shapes may take other paths, and must still agree.
-        // Full panels are packed in AVX-512 or AVX registers, whichever the CPU has.
-        for (rows, depth, cols) in [(1024, 1024, 768), (257, 515, 333), (512, 768, 3072)] {
+        // when `cols` ≤ 2·mc, packed per block by each thread when larger (3072). With AVX2's
+        // panels of 16 rows mc is at most 128; with AVX-512's, at 1024 depths, 512 on the Xeon
+        // VM and 256 on 1 MiB of L2 (the Zen 5 VM), and 384 at 515 depths on both. So 200 (with
+        // 515 depths: a tail past the last 8 and 16, and a partial panel) is prepacked on every
+        // CPU, 333 and 512 on both AVX-512 VMs, 768 on the Xeon. Elsewhere the shapes may take
+        // other paths, and must still agree. Full panels are packed in AVX-512 or AVX
+        // registers, whichever the CPU has.
+        for (rows, depth, cols) in [
+            (257, 515, 200),
+            (1024, 1024, 512),
+            (1024, 1024, 768),
+            (257, 515, 333),
+            (512, 768, 3072),
+        ] {
             let x_host = values(rows * depth, 1);
             let w_host = values(cols * depth, 2);
             let x = Tensor::<2>::from_data(TensorData::new(x_host.clone(), [rows, depth]), &device);
