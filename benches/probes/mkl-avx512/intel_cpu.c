@@ -14,12 +14,18 @@
  * reports LD_PRELOAD in its versions, and the guide's header prints it.
  *
  *   gcc -O2 -shared -fPIC -o /tmp/libintel_cpu.so benches/probes/mkl-avx512/intel_cpu.c
- *   LD_PRELOAD=/tmp/libintel_cpu.so target/release/guide --vs-pytorch ...
+ *   LD_PRELOAD=/tmp/libintel_cpu.so cargo xtask bench --vs-pytorch ...
  *   LD_PRELOAD=/tmp/libintel_cpu.so python3 benches/probes/prompt-products/torch_probe.py
  *
+ * (cargo, and the compiler where it builds, load the library too; nothing in them calls MKL.
+ * The binary alone, target/release/guide, built with every backend as xtask builds it, wants
+ * BURN_DEVICE=flex as well: xtask sets it, the binary would otherwise pick another backend.)
+ *
  * Raw outputs of the runs in docs/benchmarks.md ("MKL on its AVX-512 kernels on the Zen 5 VM"):
- * run-2026-12-04-zen5.txt here (check.py and the products probe),
- * docs/guide-zen5-mkl-avx512-2026-12-04.{txt,json} and docs/guide-zen5-mkl-avx512-1.3b-2026-12-04.{txt,json}.
+ * run-2026-12-04-zen5.txt here (check.py and the products probe), the guide's in docs/:
+ * guide-zen5-mkl-avx512-2026-12-04.{txt,json} and guide-zen5-mkl-avx512-1.3b-2026-12-04.{txt,json},
+ * and after third_party/gemm-common's change 3 guide-zen5-mkl-avx512-half-l2-2026-12-05.{txt,json}
+ * and guide-zen5-mkl-avx512-half-l2-1.3b-2026-12-05.{txt,json}.
  */
 
 /* MKL's "is this an Intel CPU" checks, answered yes. */
