@@ -2,7 +2,7 @@
 it, [out, in]) through F.linear and through F.linear with a bias (addmm), interleaved, 2
 threads (THREADS=n: n), 512 MiB written between calls unless WARM is set (COPIES=n: the next of n copies of
 the weight instead), a Linear's input gradient (" dX " shapes) through matmul with the weight
-[out, in]. ROUNDS timed rounds (default 15) after one untimed; FILTER keeps the shapes whose
+[out, in]; a shape's tokens are the first number of its m x k x n. ROUNDS timed rounds (default 15) after one untimed; FILTER keeps the shapes whose
 name contains it."""
 
 import os
@@ -11,7 +11,6 @@ import time
 import torch
 
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
-T = 256
 SHAPES = [
     ("1.3b q x·W 256x2048x2048", 2048, 2048),
     ("1.3b fc1 x·W 256x2048x8192", 2048, 8192),
@@ -27,6 +26,15 @@ SHAPES = [
     ("1.3b q dX dY·Wt 256x2048x2048", 2048, 2048),
     ("350m fc1 dX dY·Wt 256x4096x1024", 4096, 1024),
     ("350m q dX dY·Wt 256x1024x1024", 1024, 1024),
+    ("1.3b fc1 dX dY·Wt 256x8192x2048", 8192, 2048),
+    ("1.3b fc2 dX dY·Wt 256x2048x8192", 2048, 8192),
+    # A training step's 4 × 256 tokens (OPT-125m and OPT-350m).
+    ("125m q dX dY·Wt 1024x768x768", 768, 768),
+    ("125m fc1 dX dY·Wt 1024x3072x768", 3072, 768),
+    ("125m fc2 dX dY·Wt 1024x768x3072", 768, 3072),
+    ("350m q dX dY·Wt 1024x1024x1024", 1024, 1024),
+    ("350m fc1 dX dY·Wt 1024x4096x1024", 4096, 1024),
+    ("350m fc2 dX dY·Wt 1024x1024x4096", 1024, 4096),
 ]
 filt = os.environ.get("FILTER", "")
 copies = int(os.environ.get("COPIES", "0"))
@@ -37,7 +45,8 @@ print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 for name, k, n in SHAPES:
     if filt not in name:
         continue
-    x, b = torch.rand(T, k), torch.rand(n)
+    t = int(name.split()[-1].split("x")[0])  # the tokens, from the name's m x k x n
+    x, b = torch.rand(t, k), torch.rand(n)
     # COPIES=n: n copies of the weight used in turn instead of the flush.
     dx = " dX " in name
     ws = [torch.rand(k, n) if dx else torch.rand(n, k) for _ in range(max(copies, 1))]
@@ -61,4 +70,4 @@ for name, k, n in SHAPES:
         v.sort()
         m = v[len(v) // 2]
         print(f"{name:32} {label:6} {m * 1e3:8.2f} ms ({v[0] * 1e3:.2f}–{v[-1] * 1e3:.2f})"
-              f" {2 * T * k * n / m / 1e9:6.1f} GFLOP/s")
+              f" {2 * t * k * n / m / 1e9:6.1f} GFLOP/s")
