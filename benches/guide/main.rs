@@ -30,8 +30,9 @@
 //! `--rows-per-group N`) runs its rows in groups: the frozen base and LoRA q,v, which the other
 //! rows are compared with, and at most N others, one group (and one PyTorch worker) after
 //! another; a row's ratios to those two are taken within its group.
-//! The model's largest layer product also runs alone in the training rounds on both sides
-//! ([`products`]), and the run records the machine ([`machine`]) and PyTorch's BLAS.
+//! The model's largest layer product (its forward, and its input gradient at a step's tokens)
+//! also runs alone in the training rounds on both sides ([`products`]), and the run records the
+//! machine ([`machine`]) and PyTorch's BLAS.
 //! It prints tables, writes `results.json`, SVG charts and the measured sections of
 //! `docs/method_comparison*.md`.
 
@@ -477,7 +478,9 @@ fn add_group(out: &mut Vec<Value>, rows: Vec<Value>, g: usize, groups: usize) {
 }
 
 /// Measures one group of rows in rounds, with PyTorch's (a worker of its own) beside them, and
-/// `products` after the rows' steps in each training round (ours, then PyTorch's); returns the
+/// `products` after the rows' steps in each training round (all of ours back to back, then all
+/// of PyTorch's: a product of ours started after a PyTorch product sometimes ran at half speed,
+/// see the loop); returns the
 /// rows' JSON objects, PyTorch's timings under `pytorch`. Every row of the group and the worker
 /// are dropped before it returns.
 #[allow(clippy::too_many_arguments)]
@@ -510,10 +513,17 @@ fn run_group(
             }
             bar.inc(1);
         }
+        // Each side's products back to back, as a model calls them. Alternated product by
+        // product, ours right after a PyTorch product took up to twice its time in some rounds
+        // (both of rayon's woken threads on one CPU, it seems: not with them pinned one to a
+        // CPU, not when ours followed ours; docs/benchmarks.md, "The input gradient's products
+        // against MKL's AVX-512 kernels").
         for p in products.iter_mut() {
             p.time(round > 0);
+        }
+        for p in products.iter_mut() {
             if let Some(t) = torch.as_mut()
-                && let Some(dt) = t.call(|w| w.product(p.m, p.k, p.n))
+                && let Some(dt) = t.call(|w| w.product(p.m, p.k, p.n, p.input_gradient))
                 && round > 0
             {
                 p.pytorch_s.push(dt);
@@ -630,9 +640,13 @@ fn publish(meta: &Value, out: &Path) {
         if let Some(products) = model["products"].as_array().filter(|p| !p.is_empty()) {
             let t = report::products_table(products);
             println!("{t}");
-            section.push_str(&format!(
-                "The model's largest layer product alone, in the same training rounds (one call a round after the rows' steps, the same operands every round, so the weight may be in the caches; GFLOP/s from the median):\n\n{t}\n"
-            ));
+            // Runs from before the input gradient was timed render as they did.
+            let heading = if products.iter().any(|p| p["input_gradient"] == true) {
+                "The model's largest layer product alone, its forward and its input gradient (the weight transposed, as the backward multiplies by it), in the same training rounds (one call of each a round after the rows' steps, each side's products back to back, the same operands every round, so the weight may be in the caches; GFLOP/s from the median)"
+            } else {
+                "The model's largest layer product alone, in the same training rounds (one call a round after the rows' steps, the same operands every round, so the weight may be in the caches; GFLOP/s from the median)"
+            };
+            section.push_str(&format!("{heading}:\n\n{t}\n"));
         }
         section.push_str(&format!(
             "Targets on this model (each ratio taken round by round; met or missed only when the interval of its median, at least 90 % confidence from the order statistics of the rounds' ratios, is on one side of the bound; with seven rounds or fewer that interval is the min–max):\n\n{targets}\n"

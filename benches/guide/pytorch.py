@@ -14,9 +14,12 @@ Two modes:
                                                    "versions": {...}}
           {"cmd": "step", "method": key}       -> {"s": seconds}  (one training step)
           {"cmd": "infer", "method": key}      -> {"prompt_s": .., "token_s": ..}  (no grad)
-          {"cmd": "product", "m": M, "k": K, "n": N}
+          {"cmd": "product", "m": M, "k": K, "n": N, "grad": false}
                                                -> {"s": seconds}  (one F.linear of an [M, K]
-                                                   input and an [N, K] weight, no grad)
+                                                   input and an [N, K] weight, no grad; with
+                                                   "grad": true one matmul of an [M, N]
+                                                   gradient and that weight, as autograd
+                                                   computes a Linear's input gradient)
           {"cmd": "quit"}
         Every row shares the base model's weight tensors (full fine-tuning gets its own copy),
         as the Rust rows do. A merged adapter is the base architecture with other weight
@@ -154,23 +157,27 @@ def blas_info(torch):
 
 
 class Products:
-    """`F.linear` alone, on operands made once per shape (uniform in [-1, 1), no grad)."""
+    """`F.linear` alone, or a Linear's input gradient `matmul(dY, W)` (`grad`), on operands made
+    once per shape (uniform in [-1, 1), no grad)."""
 
     def __init__(self):
         self.operands = {}
 
-    def time(self, m, k, n):
+    def time(self, m, k, n, grad=False):
         import torch
         import torch.nn.functional as F
 
-        if (m, k, n) not in self.operands:
-            x = torch.rand(m, k) * 2 - 1
+        if (m, k, n, grad) not in self.operands:
+            x = torch.rand(m, n if grad else k) * 2 - 1
             w = torch.rand(n, k) * 2 - 1
-            self.operands[(m, k, n)] = (x, w)
-        x, w = self.operands[(m, k, n)]
+            self.operands[(m, k, n, grad)] = (x, w)
+        x, w = self.operands[(m, k, n, grad)]
         with torch.no_grad():
             t0 = time.perf_counter()
-            F.linear(x, w)
+            if grad:
+                torch.matmul(x, w)
+            else:
+                F.linear(x, w)
             return time.perf_counter() - t0
 
 
@@ -226,7 +233,7 @@ def worker():
             elif cmd["cmd"] == "infer":
                 answer = rows[cmd["method"]].infer()
             elif cmd["cmd"] == "product":
-                answer = {"s": products.time(cmd["m"], cmd["k"], cmd["n"])}
+                answer = {"s": products.time(cmd["m"], cmd["k"], cmd["n"], cmd.get("grad", False))}
             elif cmd["cmd"] == "quit":
                 return
             else:

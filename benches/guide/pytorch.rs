@@ -111,9 +111,17 @@ impl Worker {
         }
     }
 
-    /// One `F.linear` of an `[m, k]` input and an `[n, k]` weight; its time in seconds.
-    pub fn product(&mut self, m: usize, k: usize, n: usize) -> Result<f64, String> {
-        let a = self.ask(&json!({"cmd": "product", "m": m, "k": k, "n": n}))?;
+    /// One `F.linear` of an `[m, k]` input and an `[n, k]` weight or, with `input_gradient`, one
+    /// `matmul` of an `[m, n]` gradient and that weight; its time in seconds.
+    pub fn product(
+        &mut self,
+        m: usize,
+        k: usize,
+        n: usize,
+        input_gradient: bool,
+    ) -> Result<f64, String> {
+        let cmd = json!({"cmd": "product", "m": m, "k": k, "n": n, "grad": input_gradient});
+        let a = self.ask(&cmd)?;
         a["s"].as_f64().ok_or_else(|| "pytorch.py: no time".into())
     }
 }

@@ -188,10 +188,15 @@ pub fn pytorch_table(rows: &[Value]) -> String {
 
 /// The products alone (`results.json`'s `products` of one model): each side's median with its
 /// min–max, its rate in GFLOP/s (`2·m·k·n` over the median) and ours / PyTorch round by round.
+/// An input gradient (`"input_gradient": true`) shows its shape as `[m, n]·[n, k]`.
 pub fn products_table(products: &[Value]) -> String {
-    let mut t = String::from(
-        "| product `[m, k]·[k, n]` | ours (`gemm` through burn-flex), median (min–max ms) | GFLOP/s | PyTorch `F.linear`, median (min–max ms) | GFLOP/s | ours / PyTorch |\n|---|---:|---:|---:|---:|---:|\n",
-    );
+    let header = if products.iter().any(|p| p["input_gradient"] == true) {
+        "| product | ours (`gemm` through burn-flex), median (min–max ms) | GFLOP/s | PyTorch (`F.linear`; an input gradient through `matmul` with its `[out, in]` weight), median (min–max ms) | GFLOP/s | ours / PyTorch |\n|---|---:|---:|---:|---:|---:|\n"
+    } else {
+        // As runs before the input gradient was timed rendered it.
+        "| product `[m, k]·[k, n]` | ours (`gemm` through burn-flex), median (min–max ms) | GFLOP/s | PyTorch `F.linear`, median (min–max ms) | GFLOP/s | ours / PyTorch |\n|---|---:|---:|---:|---:|---:|\n"
+    };
+    let mut t = String::from(header);
     for p in products {
         let flop = 2.0 * f(p, "m") * f(p, "k") * f(p, "n");
         let rate = |side: &Value| {
@@ -210,14 +215,16 @@ pub fn products_table(products: &[Value]) -> String {
         } else {
             (time(torch), ratio_spread(paired(p, "s", torch, "s")))
         };
+        let (inner, outer) = if p["input_gradient"] == true {
+            (&p["n"], &p["k"])
+        } else {
+            (&p["k"], &p["n"])
+        };
         let _ = writeln!(
             t,
-            "| {} `[{}, {}]·[{}, {}]` | {} | {} | {torch_time} | {} | {ratio} |",
+            "| {} `[{}, {inner}]·[{inner}, {outer}]` | {} | {} | {torch_time} | {} | {ratio} |",
             p["what"].as_str().unwrap_or("?"),
             p["m"],
-            p["k"],
-            p["k"],
-            p["n"],
             time(p),
             rate(p),
             rate(torch),
@@ -517,6 +524,16 @@ mod tests {
             t.contains("| fc1 `[1000, 500]·[500, 1000]` | 10.00 ms (9.00–12.00) | 100 | 20.00 ms (20.00–30.00) | 50 | 0.50× (0.30–0.60) |"),
             "{t}"
         );
+        assert!(t.starts_with("| product `[m, k]·[k, n]` |"), "{t}");
+        // An input gradient `[m, n]·[n, k]`; the header then names both of PyTorch's calls.
+        let grad =
+            json!({"what": "dX", "m": 10, "k": 20, "n": 30, "s": 0.01, "input_gradient": true});
+        let t = products_table(&[grad]);
+        assert!(
+            t.contains("| dX `[10, 30]·[30, 20]` | 10.00 ms | 0 | — |"),
+            "{t}"
+        );
+        assert!(t.contains("an input gradient through `matmul`"), "{t}");
         let ours_only =
             products_table(&[json!({"what": "fc1", "m": 1000, "k": 500, "n": 1000, "s": 0.01})]);
         assert!(

@@ -3,7 +3,9 @@
 //! ops that run far below PyTorch's rate; the attention and a Llama RMS norm forward and backward
 //! (op by op and as one node); one OPT-1.3b layer forward and backward, frozen and with
 //! MiSS/Bone bat composed as in a training step; MiSS/Bone bat's few-token layer, factored and
-//! composed; the LoRA branch's products, at 1024 tokens and at one; and the whole OPT-125m,
+//! composed; the LoRA branch's products, at 1024 tokens and at one; OPT-1.3b's fc1 at one
+//! sequence in 2-D, forward and input gradient, as the guide's products table times them (no
+//! PyTorch twin: the guide times PyTorch's); and the whole OPT-125m,
 //! OPT-350m and OPT-1.3b forward of 1 and 256 tokens (also with LoRA q,v, unmerged and merged), a
 //! decoding step after 256 cached tokens and a greedy generation of 32 tokens after 256
 //! (pytorch_ops.py runs transformers' OPT, and PEFT's LoRA, on the same shapes; OPT-1.3b's 5.3 GB
@@ -147,6 +149,24 @@ fn main() {
     time("fc2 g·Wᵀ [1024,768]·[3072,768]ᵀ", 4.0 * flop, || {
         first(x.clone().matmul(down.clone().swap_dims(2, 3)))
     });
+    // OPT-1.3b's fc1 at one sequence, 2-D as the guide's products table times them: the
+    // forward and the input gradient through the weight's transposed view.
+    {
+        let random2 =
+            |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Default, &device);
+        let first2 = |t: Tensor<2>| t.slice([0..1, 0..1]).into_scalar::<f32>();
+        let (t, d, f) = (256usize, 2048usize, 8192usize);
+        let flop = 2.0 * (t * d * f) as f64;
+        if kept("1.3b fc1") {
+            let (x, w, g) = (random2([t, d]), random2([d, f]), random2([t, f]));
+            time("1.3b fc1 x·W [256,2048]·[2048,8192]", flop, || {
+                first2(x.clone().matmul(w.clone()))
+            });
+            time("1.3b fc1 g·Wᵀ [256,8192]·[2048,8192]ᵀ", flop, || {
+                first2(g.clone().matmul(w.clone().transpose()))
+            });
+        }
+    }
 
     let token = random([1, 1, 1, d]);
     time(
