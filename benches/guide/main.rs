@@ -480,9 +480,8 @@ fn add_group(out: &mut Vec<Value>, rows: Vec<Value>, g: usize, groups: usize) {
 /// Measures one group of rows in rounds, with PyTorch's (a worker of its own) beside them, and
 /// `products` after the rows' steps in each training round (all of ours back to back, then all
 /// of PyTorch's: a product of ours started after a PyTorch product sometimes ran at half speed,
-/// see the loop); returns the
-/// rows' JSON objects, PyTorch's timings under `pytorch`. Every row of the group and the worker
-/// are dropped before it returns.
+/// see the loop); returns the rows' JSON objects, PyTorch's timings under `pytorch`. Every row of
+/// the group and the worker are dropped before it returns.
 #[allow(clippy::too_many_arguments)]
 fn run_group(
     base: &OptForCausalLm,
