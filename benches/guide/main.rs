@@ -3,7 +3,7 @@
 //! ```text
 //! guide [--models 125m,350m,1.3b] [--quick] [--methods frozen,lora-qv,..] [--batch B] [--seq S]
 //!       [--steps N] [--reps N] [--rows-per-group N|all] [--vs-pytorch] [--python PY]
-//!       [--settle-ms N] [--out docs]
+//!       [--settle-ms N] [--pack-per-call] [--out docs]
 //! guide --from-json docs/method_comparison/results.json [--out docs]   # re-render only
 //! guide --memory --models M --methods K [--batch B] [--seq S]   # one row's step memory
 //! ```
@@ -30,6 +30,8 @@
 //! `--rows-per-group N`) runs its rows in groups: the frozen base and LoRA q,v, which the other
 //! rows are compared with, and at most N others, one group (and one PyTorch worker) after
 //! another; a row's ratios to those two are taken within its group.
+//! Inference keeps the packs of each row's weights between calls (`peft_core::packed`), as a
+//! program that runs many prompts would; `--pack-per-call` measures without.
 //! The model's largest layer product (its forward, and its input gradient at a step's tokens)
 //! also runs alone in the training rounds on both sides ([`products`]), and the run records the
 //! machine ([`machine`]) and PyTorch's BLAS.
@@ -97,7 +99,7 @@ guide: the method comparison guide (`cargo xtask bench`), measured
 
 guide [--models 125m,350m,1.3b] [--quick] [--methods frozen,lora-qv,..] [--batch B] [--seq S]
       [--steps N] [--reps N] [--rows-per-group N|all] [--vs-pytorch] [--python PY]
-      [--settle-ms N] [--out docs]
+      [--settle-ms N] [--pack-per-call] [--out docs]
 guide --from-json docs/method_comparison/results.json [--out docs]   # re-render only
 guide --memory --models M --methods K [--batch B] [--seq S]   # one row's step memory
 
@@ -213,6 +215,7 @@ fn main() {
         settings.steps = num("--steps").unwrap_or(settings.steps).max(1);
         settings.reps = num("--reps").unwrap_or(settings.reps).max(1);
         settings.settle_ms = num("--settle-ms").map_or(settings.settle_ms, |n| n as u64);
+        settings.kept_packs = !args.iter().any(|a| a == "--pack-per-call");
         if let Some(v) = &rows_per_group {
             settings.rows_per_group = *v;
         }
@@ -227,7 +230,7 @@ fn main() {
         all.insert(
             name.to_string(),
             json!({
-                "settings": {"batch": settings.batch, "seq": settings.seq, "timed_steps": settings.steps, "reps": settings.reps, "rows_per_group": settings.rows_per_group, "settle_ms": torch.as_ref().map(|_| settings.settle_ms)},
+                "settings": {"batch": settings.batch, "seq": settings.seq, "timed_steps": settings.steps, "reps": settings.reps, "rows_per_group": settings.rows_per_group, "settle_ms": torch.as_ref().map(|_| settings.settle_ms), "kept_packs": settings.kept_packs},
                 "rows": rows,
                 "products": products,
             }),
@@ -530,7 +533,7 @@ fn run_group(
         }
     }
     for row in &mut rows {
-        row.finish_training();
+        row.finish_training(s.kept_packs);
     }
     for round in 0..=s.reps {
         bar.set_message(format!("{label}inference round {round} of {}", s.reps));
@@ -619,6 +622,15 @@ fn publish(meta: &Value, out: &Path) {
             heading.push_str(&format!(
                 "; each side's call started {n} ms after the other side's ended"
             ));
+        }
+        match st["kept_packs"].as_bool() {
+            Some(true) => heading.push_str(
+                "; inference with the weights' packs kept between calls (`peft_core::packed`)",
+            ),
+            Some(false) => heading.push_str(
+                "; inference packing every weight again in every product (`--pack-per-call`)",
+            ),
+            None => {}
         }
         if let Some(n) = st["rows_per_group"].as_u64() {
             heading.push_str(&format!(

@@ -8,6 +8,7 @@ use burn::module::{Lora, Module, ParamGroup};
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use peft_bone::{BoneConfig, BoneMode, BoneModel};
+use peft_core::packed::PackedWeights;
 use peft_core::{KeyMap, TargetModules};
 use peft_lora::{InjectOptions, LoraConfig, LoraModel};
 use peft_lorafa::LoraFaOptimizerConfig;
@@ -114,6 +115,10 @@ pub struct Settings {
     /// With `--vs-pytorch`: milliseconds between one side's call and the other's
     /// ([`SETTLE_MS`] unless `--settle-ms` says otherwise).
     pub settle_ms: u64,
+    /// Inference keeps the packs of the model's weights between calls
+    /// (`peft_core::packed::PackedWeights`, as a program that runs many prompts would); false
+    /// with `--pack-per-call`, where every product packs its weight again.
+    pub kept_packs: bool,
 }
 
 impl Settings {
@@ -133,6 +138,7 @@ impl Settings {
                 reps: 3,
                 rows_per_group: None,
                 settle_ms: SETTLE_MS,
+                kept_packs: true,
             },
             (false, "1.3b") => Self {
                 batch: 1,
@@ -141,6 +147,7 @@ impl Settings {
                 reps: 5,
                 rows_per_group: Some(2),
                 settle_ms: SETTLE_MS,
+                kept_packs: true,
             },
             (false, _) => Self {
                 batch: 4,
@@ -149,6 +156,7 @@ impl Settings {
                 reps: 9,
                 rows_per_group: None,
                 settle_ms: SETTLE_MS,
+                kept_packs: true,
             },
         }
     }
@@ -332,6 +340,9 @@ pub struct Row {
     file_bytes: u64,
     /// The model without autodiff, adapters unmerged (after training).
     unmerged: Option<OptForCausalLm>,
+    /// Its weights, marked so that products keep their packs (`peft_core::packed`); the merged
+    /// model shares every weight but the merged ones.
+    packed: Option<PackedWeights>,
 }
 
 impl Row {
@@ -355,6 +366,7 @@ impl Row {
             peak: (0, 0, 0),
             file_bytes: 0,
             unmerged: None,
+            packed: None,
         }
     }
 
@@ -401,8 +413,8 @@ impl Row {
     }
 
     /// Ends training: drops the optimizer state, measures the adapter file and keeps the model
-    /// without autodiff for inference.
-    pub fn finish_training(&mut self) {
+    /// without autodiff for inference, its weights' packs kept when `kept_packs`.
+    pub fn finish_training(&mut self, kept_packs: bool) {
         self.optim = None;
         // Adapter file size (full fine-tuning and burn's path: the whole model in f32).
         let dir = std::env::temp_dir().join(format!(
@@ -420,7 +432,9 @@ impl Row {
             Adapted::Full(_) => (self.trainable * 4) as u64,
         };
         std::fs::remove_dir_all(&dir).ok();
-        self.unmerged = Some(self.adapted.model().clone().valid());
+        let unmerged = self.adapted.model().clone().valid();
+        self.packed = kept_packs.then(|| PackedWeights::new(&unmerged));
+        self.unmerged = Some(unmerged);
     }
 
     /// One round of inference: a prompt and one token, unmerged, then merged (the merge itself

@@ -4,18 +4,22 @@
 //! train-bench [--batch 4] [--seq 128] [--steps 3] [--rounds 5] [--out target/train-bench.json]
 //! ```
 //!
-//! On OPT-125m's architecture (random weights) with LoRA q,v (r 8), three rows run interleaved in
-//! rounds (engine, loop, engine with activation checkpointing; then again), each a run of
+//! On OPT-125m's architecture (random weights) with LoRA q,v (r 8), four rows run interleaved in
+//! rounds (engine, loop, engine with activation checkpointing, engine with kept packs; then
+//! again), each a run of
 //! `--steps` AdamW steps on the same synthetic batches after one warm-up round:
 //! - **engine**: `peft_train::train` as `peft train` calls it (labels, accumulation normaliser,
 //!   global gradient clipping, metrics bookkeeping, and the adapter saved at the end);
 //! - **loop**: the minimal hand-written loop: forward, burn's cross-entropy on shifted logits,
 //!   backward, `ModuleOptimizer::step` (no clipping, nothing saved);
 //! - **engine + checkpointing**: the engine with `--checkpointing` (`recompute`): only each
-//!   decoder block's input is kept, and the block is rerun in the backward pass.
+//!   decoder block's input is kept, and the block is rerun in the backward pass;
+//! - **engine + kept packs**: the engine with `--keep-packs` (`keep_packs`): the frozen weights
+//!   are packed for the products once per run (`peft_core::packed`), not in every product.
 //!
 //! It reports, per row, the median time per step with its min–max over the rounds, tokens/s,
-//! and the peak heap growth of a run (a counting allocator), and the ratios to the loop.
+//! and the peak heap growth of a run (a counting allocator), and the ratios to the loop; and the
+//! kept packs' run time over the engine's, round by round.
 
 use std::time::Instant;
 
@@ -102,9 +106,14 @@ fn main() {
         progress: false,
         devices: Vec::new(),
         recompute: false,
+        keep_packs: false,
     };
     let ckpt_settings = TrainSettings {
         recompute: true,
+        ..settings.clone()
+    };
+    let packs_settings = TrainSettings {
+        keep_packs: true,
         ..settings.clone()
     };
     let device = Device::default().autodiff();
@@ -114,6 +123,7 @@ fn main() {
     };
     let mut engine = lora(base.clone());
     let mut ckpt = lora(base.clone());
+    let mut packs = lora(base.clone());
     let mut looped = lora(base);
     let data = TrainData {
         train: &dataset,
@@ -133,20 +143,25 @@ fn main() {
         })
         .collect();
 
-    let names = ["engine", "loop", "engine + checkpointing"];
-    let mut times: [Vec<f64>; 3] = Default::default();
-    let mut peaks: [Vec<usize>; 3] = Default::default();
+    let names = [
+        "engine",
+        "loop",
+        "engine + checkpointing",
+        "engine + kept packs",
+    ];
+    let mut times: [Vec<f64>; 4] = Default::default();
+    let mut peaks: [Vec<usize>; 4] = Default::default();
     for round in 0..=rounds {
         for (row, name) in names.iter().enumerate() {
             let before = ALLOC.current_usage();
             ALLOC.reset_peak_usage();
             let t0 = Instant::now();
             match row {
-                0 | 2 => {
-                    let (m, s) = if row == 0 {
-                        (&mut engine, &settings)
-                    } else {
-                        (&mut ckpt, &ckpt_settings)
+                0 | 2 | 3 => {
+                    let (m, s) = match row {
+                        0 => (&mut engine, &settings),
+                        2 => (&mut ckpt, &ckpt_settings),
+                        _ => (&mut packs, &packs_settings),
                     };
                     if let Err(e) = peft_train::train(m, s.adamw(), data, s, "bench", None) {
                         panic!("{name}: {e}");
@@ -213,8 +228,12 @@ fn main() {
             "ratio_to_loop_per_round": ratios, "peak_heap_growth_bytes": peaks[row]}),
         );
     }
+    let kept: Vec<f64> = times[3].iter().zip(&times[0]).map(|(a, b)| a / b).collect();
+    let (kmed, kmin, kmax) = median_min_max(&kept);
+    println!("\nengine + kept packs / engine, round by round: {kmed:.3} ({kmin:.3}–{kmax:.3})");
     let report = json!({"model": "opt-125m (random)", "method": "lora q,v r=8", "batch": batch,
-        "seq": seq, "steps_per_run": steps, "rounds": rounds, "backend": format!("{device:?}"), "rows": rows});
+        "seq": seq, "steps_per_run": steps, "rounds": rounds, "backend": format!("{device:?}"), "rows": rows,
+        "kept_packs_over_engine_per_round": kept});
     if let Err(e) = std::fs::write(
         &out,
         serde_json::to_string_pretty(&report).unwrap_or_default(),

@@ -229,6 +229,14 @@ pub struct TrainCmd {
     /// forward pass of the blocks. Needs the adapter's dropout at 0.
     #[arg(long)]
     pub checkpointing: bool,
+    /// Pack each frozen weight for the matrix products once and keep the packs for the whole
+    /// run, instead of packing it again in every product (flex only; other backends ignore
+    /// it). Costs up to two more copies of the frozen weights in memory; the results are
+    /// bit-identical. Measured on OPT-125m at 4 × 256 tokens: no gain that the runs could tell
+    /// (docs/benchmarks.md, "Frozen weights packed once"); the saving grows as steps get fewer
+    /// tokens.
+    #[arg(long)]
+    pub keep_packs: bool,
     /// Devices, comma-separated: flex, ndarray, wgpu, wgpu:N (discrete GPU N), cuda:N. Several
     /// devices train data-parallel: each runs --grad-accum micro-batches of every step, the
     /// gradients are summed on the first, which holds the optimizer (an optimizer step sees
@@ -284,6 +292,7 @@ impl TrainCmd {
                 progress: !self.quiet,
                 devices: Vec::new(),
                 recompute: self.checkpointing,
+                keep_packs: self.keep_packs,
             },
         }
     }

@@ -179,6 +179,22 @@ fn recomputing_blocks_gives_the_same_run() {
     );
 }
 
+/// `--keep-packs` (the frozen weights' packs kept for the run) changes nothing: the same losses
+/// and the same adapter, bit for bit.
+#[test]
+fn keeping_packs_gives_the_same_run_bit_for_bit() {
+    let run = |keep: bool| {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = case_args("lora_qv", out.path());
+        if keep {
+            args.push("--keep-packs".into());
+        }
+        let report = train(&args);
+        (report.losses, tensors(out.path()))
+    };
+    assert_eq!(run(false), run(true));
+}
+
 /// The seed fixes a fresh adapter's initialisation: same seed, same adapter; another seed,
 /// another one. (Each run is its own process: burn's generator is global to one.)
 #[test]

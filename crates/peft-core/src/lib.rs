@@ -30,6 +30,7 @@ pub mod keymap;
 pub mod method;
 pub mod nn;
 pub mod optim;
+pub mod packed;
 pub mod params;
 pub mod paths;
 pub mod require_grad;

@@ -68,6 +68,11 @@ pub struct TrainSettings {
     /// optimizer live on the first. An optimizer step takes `grad_accum × devices.len()`
     /// micro-batches, as with PyTorch's DDP. Empty: the model's device alone.
     pub devices: Vec<Device>,
+    /// Keep the matrix-product packs of the frozen weights for the whole run
+    /// ([`peft_core::packed::PackedWeights`], flex only): each product reads the kept pack
+    /// instead of packing the weight again, for up to two more copies of the frozen weights in
+    /// memory (the forward's and the backward's layouts). Results are bit-identical.
+    pub keep_packs: bool,
 }
 
 impl TrainSettings {
@@ -346,6 +351,10 @@ pub fn train<M: CausalLm + 'static>(
     let mut lm = CausalLmStep {
         model: adapted.model().clone(),
     };
+    // The frozen weights never change during the run; their packs are freed when it ends.
+    let _packed = settings
+        .keep_packs
+        .then(|| peft_core::packed::PackedWeights::new(&lm.model));
     let mut report = TrainReport::default();
     let mut last_checkpoint = resume.map(|r| r.dir.clone());
     let (mut run_tokens, run_start) = (0usize, Instant::now());

@@ -415,7 +415,72 @@ pub unsafe fn gemm_basic_generic<
     #[cfg(not(target_arch = "aarch64"))]
     let do_pack_rhs = (rhs_rs.unsigned_abs() != 1 && m > 2 * MR)
         || (rhs_rs.unsigned_abs() == 1 && m > get_rhs_packing_threshold() * MR);
-    let do_prepack_lhs = m <= 2 * mc && ((m % N != 0) || lhs_rs != 1);
+    // peft-rs: a left-hand side inside a frozen buffer (frozen.rs) is packed whole on its first
+    // product, every depth block and panel, and the pack is kept: later products read it and
+    // pack nothing. `whole` is the pack's first element and its panels per depth block.
+    #[cfg(feature = "std")]
+    let whole_keep = crate::frozen::lookup_or_pack::<T>(
+        crate::frozen::PackKey {
+            ptr: lhs.0 as usize,
+            type_id: core::any::TypeId::of::<T>(),
+            m,
+            k,
+            rs: lhs_rs,
+            cs: lhs_cs,
+            mr: MR,
+            kc,
+        },
+        |dst: *mut T, panels: usize| {
+            let dst = Ptr(dst);
+            // The panels split between the threads, each packing its rows of every depth block.
+            let pack_rows = |first_panel: usize, end_panel: usize| {
+                let row = first_panel * MR;
+                let rows = (end_panel * MR).min(m) - row;
+                let mut depth = 0;
+                let mut block = 0;
+                while depth < k {
+                    let k_chunk = kc.min(k - depth);
+                    pack_lhs::<T, N, MR, _>(
+                        simd,
+                        rows,
+                        k_chunk,
+                        dst.wrapping_add((block * panels + first_panel) * packed_lhs_stride),
+                        lhs.wrapping_offset(depth as isize * lhs_cs + row as isize * lhs_rs),
+                        lhs_cs,
+                        lhs_rs,
+                        packed_lhs_stride,
+                    );
+                    depth += k_chunk;
+                    block += 1;
+                }
+            };
+            #[cfg(feature = "rayon")]
+            let threads = max_threads.min(panels).max(1);
+            #[cfg(not(feature = "rayon"))]
+            let threads = 1;
+            if threads == 1 {
+                pack_rows(0, panels);
+            } else {
+                #[cfg(feature = "rayon")]
+                par_for_each(threads, |tid| {
+                    let (base, rem) = (panels / threads, panels % threads);
+                    let first = tid * base + tid.min(rem);
+                    let end = first + base + usize::from(tid < rem);
+                    if end > first {
+                        pack_rows(first, end);
+                    }
+                });
+            }
+        },
+    );
+    #[cfg(feature = "std")]
+    let whole: Option<(Ptr<T>, usize)> = whole_keep
+        .as_ref()
+        .map(|p| (Ptr(p.as_ptr::<T>()), p.panels));
+    #[cfg(not(feature = "std"))]
+    let whole: Option<(Ptr<T>, usize)> = None;
+
+    let do_prepack_lhs = whole.is_none() && m <= 2 * mc && ((m % N != 0) || lhs_rs != 1);
 
     let mut mem = if do_pack_rhs || do_prepack_lhs {
         let rhs_req = StackReq::new_aligned::<T>(
@@ -688,7 +753,7 @@ pub unsafe fn gemm_basic_generic<
             let mut row_outer = 0;
             while row_outer != m {
                 let mut m_chunk = mc.min(m - row_outer);
-                if m_chunk > N && !do_prepack_lhs {
+                if m_chunk > N && !do_prepack_lhs && whole.is_none() {
                     m_chunk = m_chunk / N * N;
                 }
                 let n_row_mini_chunks = (m_chunk + (MR - 1)) / MR;
@@ -722,7 +787,7 @@ pub unsafe fn gemm_basic_generic<
                 let mut job_id = 0;
                 while row_outer != m {
                     let mut m_chunk = mc.min(m - row_outer);
-                    if m_chunk > N && !do_prepack_lhs {
+                    if m_chunk > N && !do_prepack_lhs && whole.is_none() {
                         m_chunk = m_chunk / N * N;
                     }
                     let n_row_mini_chunks = (m_chunk + (MR - 1)) / MR;
@@ -739,8 +804,9 @@ pub unsafe fn gemm_basic_generic<
                     }
 
                     let do_pack_lhs = !do_prepack_lhs
+                        && whole.is_none()
                         && ((m_chunk % N != 0) || lhs_rs != 1 || n_chunk > packing_threshold * NR);
-                    let packed_lhs_cs = if do_prepack_lhs || do_pack_lhs {
+                    let packed_lhs_cs = if do_prepack_lhs || do_pack_lhs || whole.is_some() {
                         MR as isize
                     } else {
                         lhs_cs
@@ -794,7 +860,14 @@ pub unsafe fn gemm_basic_generic<
                                 n_chunk_inner,
                                 k_chunk,
                                 dst.0,
-                                if do_pack_lhs {
+                                if let Some((whole, panels)) = whole {
+                                    whole
+                                        .wrapping_add(
+                                            (depth_outer / kc * panels + i + row_outer / MR)
+                                                * packed_lhs_stride,
+                                        )
+                                        .0
+                                } else if do_pack_lhs {
                                     packed_lhs.wrapping_add(i * packed_lhs_stride).0
                                 } else if do_prepack_lhs {
                                     packed_lhs
@@ -838,7 +911,7 @@ pub unsafe fn gemm_basic_generic<
                 }
             };
 
-            if do_prepack_lhs {
+            if do_prepack_lhs || whole.is_some() {
                 match parallelism {
                     Parallelism::None => func(0, prepacked_lhs),
                     #[cfg(feature = "rayon")]

@@ -23,6 +23,8 @@ extern crate alloc;
 
 pub mod cache;
 
+#[cfg(feature = "std")]
+pub mod frozen;
 pub mod gemm;
 pub mod gemv;
 pub mod gevv;

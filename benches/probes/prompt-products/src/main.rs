@@ -6,9 +6,11 @@
 //! 4 × 256 (OPT-125m's and OPT-350m's q, fc1, fc2). Between calls, 512 MiB are written, or with
 //! `COPIES=n` the next of n copies of the weight is used (as a forward reads the other layers'
 //! weights between two uses of one). The configurations in CFGS (`;`-separated, `default` or
-//! `VAR=value` for probe.patch's switches, or `DSTCOL=1`, see `run`) run interleaved, one call
-//! each per round; every result must equal the first bit for bit (`DSTCOL=1`'s, which may block
-//! the depth differently, to within 1e-5 relative).
+//! `VAR=value` for probe.patch's switches, `DSTCOL=1`, see `run`, or `FROZEN=1`: the weights in
+//! buffers frozen with gemm-common's `frozen::freeze`, each used once before the rounds, so that
+//! the timed calls read their kept packs) run interleaved, one call each per round; every result
+//! must equal the first bit for bit (`DSTCOL=1`'s, which may block the depth differently, to
+//! within 1e-5 relative).
 use std::time::Instant;
 
 struct Shape {
@@ -101,7 +103,7 @@ fn set_config(cfg: &str) {
     // SAFETY: the probe is single-threaded between calls; gemm's threads read these only
     // inside a call.
     unsafe {
-        for var in ["GEMM_ROW_SPLIT", "GEMM_PF", "GEMM_VCOPY", "GEMM_ROWPACK", "GEMM_NEXTPF", "DSTCOL"] {
+        for var in ["GEMM_ROW_SPLIT", "GEMM_PF", "GEMM_VCOPY", "GEMM_ROWPACK", "GEMM_NEXTPF", "DSTCOL", "FROZEN"] {
             std::env::remove_var(var);
         }
         if let Some((var, value)) = cfg.split_once('=') {
@@ -165,8 +167,21 @@ fn main() {
                     .collect()
             })
             .collect();
-        let mut next = 0usize;
+        // FROZEN=1: the same weights in buffers frozen with gemm-common's `frozen::freeze`,
+        // each used once before the rounds, so that the timed calls read the kept packs.
+        let frozen_cfg = cfgs.iter().any(|c| c == "FROZEN=1");
+        let bs_frozen: Vec<Vec<f32>> = if frozen_cfg { bs.clone() } else { Vec::new() };
+        // SAFETY: the buffers live, unchanged, until the end of this shape's loop, after the
+        // tokens are dropped.
+        let tokens: Vec<gemm_common::frozen::Frozen> = bs_frozen
+            .iter()
+            .map(|b| unsafe { gemm_common::frozen::freeze(b.as_ptr() as *const u8, b.len() * 4) })
+            .collect();
         let mut c = vec![0f32; s.m * s.n];
+        for b in &bs_frozen {
+            run(s, &a, b, &mut c);
+        }
+        let mut next = 0usize;
         let mut times = vec![Vec::new(); cfgs.len()];
         let mut first: Option<Vec<f32>> = None;
         for round in 0..=rounds {
@@ -175,7 +190,11 @@ fn main() {
                 if !warm && copies == 0 {
                     flush.iter_mut().for_each(|x| *x = x.wrapping_add(1));
                 }
-                let b = &bs[next % bs.len()];
+                let b = if cfg == "FROZEN=1" {
+                    &bs_frozen[next % bs.len()]
+                } else {
+                    &bs[next % bs.len()]
+                };
                 next += 1;
                 let t0 = Instant::now();
                 run(s, &a, b, &mut c);
@@ -200,11 +219,16 @@ fn main() {
                 }
             }
         }
+        let kept = gemm_common::frozen::packed_bytes();
+        drop(tokens);
         let packs: Vec<usize> = gemm_common::gemm::PACKS
             .iter()
             .map(|p| p.swap(0, std::sync::atomic::Ordering::Relaxed))
             .collect();
-        let calls = (rounds + 1) * cfgs.len();
+        let calls = (rounds + 1) * cfgs.len() + bs_frozen.len();
+        if frozen_cfg {
+            println!("{:32} kept packs: {} MiB", s.name, kept >> 20);
+        }
         let flop = 2.0 * (s.m * s.k * s.n) as f64;
         for (ci, cfg) in cfgs.iter().enumerate() {
             let v = &mut times[ci];
