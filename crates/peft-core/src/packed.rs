@@ -46,7 +46,7 @@ pub struct PackedWeights {
 struct Entry {
     // The region is unregistered (its packs freed) before the tensor's storage is released.
     #[cfg(feature = "flex")]
-    _region: gemm_common::frozen::Frozen,
+    region: gemm_common::frozen::Frozen,
     #[cfg(feature = "flex")]
     _tensor: burn_flex::FlexTensor,
 }
@@ -74,7 +74,7 @@ impl PackedWeights {
     /// The bytes the packs of these weights keep now.
     pub fn kept_bytes(&self) -> usize {
         #[cfg(feature = "flex")]
-        return self.entries.iter().map(|e| e._region.packed_bytes()).sum();
+        return self.entries.iter().map(|e| e.region.packed_bytes()).sum();
         #[cfg(not(feature = "flex"))]
         0
     }
@@ -117,7 +117,7 @@ fn flex_entry<const D: usize>(tensor: Tensor<D>) -> Option<Entry> {
     // copy (copy-on-write), and the entry shares it until the region is unregistered.
     let region = unsafe { gemm_common::frozen::freeze(bytes.as_ptr(), bytes.len()) };
     Some(Entry {
-        _region: region,
+        region,
         _tensor: flex,
     })
 }
