@@ -234,7 +234,7 @@ pub struct TrainCmd {
     /// it). Costs up to two more copies of the frozen weights in memory; the results are
     /// bit-identical. Measured on OPT-125m at 4 × 256 tokens: no gain that the runs could tell
     /// (docs/benchmarks.md, "Frozen weights packed once"); the saving grows as steps get fewer
-    /// tokens.
+    /// tokens. The run ends by saying how much memory the packs took.
     #[arg(long)]
     pub keep_packs: bool,
     /// Devices, comma-separated: flex, ndarray, wgpu, wgpu:N (discrete GPU N), cuda:N. Several

@@ -78,6 +78,17 @@ fn run(cli: Cli) -> Result<()> {
                 report.tokens_per_s,
                 args.settings.out.display()
             );
+            if args.settings.keep_packs {
+                match report.kept_pack_bytes {
+                    0 => {
+                        eprintln!("peft: --keep-packs kept nothing: this backend packs no weights")
+                    }
+                    n => eprintln!(
+                        "peft: the frozen weights' kept packs took {:.1} MiB",
+                        n as f64 / (1u64 << 20) as f64
+                    ),
+                }
+            }
             if let Some((before, after)) = &report.test {
                 say(format_args!("test before training: {before}"))?;
                 say(format_args!("test after training:  {after}"))?;

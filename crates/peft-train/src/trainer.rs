@@ -180,6 +180,9 @@ pub struct TrainReport {
     /// Exact-match accuracy on a test set before and after training, when the caller
     /// evaluated one ([`crate::eval`]).
     pub test: Option<(ExactMatch, ExactMatch)>,
+    /// Bytes of the frozen weights' packs kept at the end of the run
+    /// ([`TrainSettings::keep_packs`]); 0 when they were not kept or the backend packs nothing.
+    pub kept_pack_bytes: usize,
 }
 
 /// Data for a run.
@@ -352,7 +355,7 @@ pub fn train<M: CausalLm + 'static>(
         model: adapted.model().clone(),
     };
     // The frozen weights never change during the run; their packs are freed when it ends.
-    let _packed = settings
+    let packed = settings
         .keep_packs
         .then(|| peft_core::packed::PackedWeights::new(&lm.model));
     let mut report = TrainReport::default();
@@ -464,6 +467,8 @@ pub fn train<M: CausalLm + 'static>(
     }
     bar.finish_and_clear();
     report.tokens_per_s = run_tokens as f64 / run_start.elapsed().as_secs_f64().max(1e-9);
+    report.kept_pack_bytes = packed.as_ref().map_or(0, |p| p.kept_bytes());
+    drop(packed);
     *adapted.model_mut() = lm.model;
     adapted.save(&settings.out)?;
     Ok(report)
