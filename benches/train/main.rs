@@ -1,13 +1,13 @@
 //! `cargo xtask bench train`: what `peft train`'s engine costs over a hand-written loop.
 //!
 //! ```text
-//! train-bench [--batch 4] [--seq 128] [--steps 3] [--rounds 5] [--out target/train-bench.json]
+//! train-bench [--model 125m] [--batch 4] [--seq 128] [--steps 3] [--rounds 5] [--out target/train-bench.json]
 //! ```
 //!
-//! On OPT-125m's architecture (random weights) with LoRA q,v (r 8), four rows run interleaved in
-//! rounds (engine, loop, engine with activation checkpointing, engine with kept packs; then
-//! again), each a run of
-//! `--steps` AdamW steps on the same synthetic batches after one warm-up round:
+//! On OPT-125m's architecture (`--model`: 125m, 350m or 1.3b; random weights) with LoRA q,v
+//! (r 8), four rows run interleaved in rounds (engine, loop, engine with activation
+//! checkpointing, engine with kept packs; then again), each a run of `--steps` AdamW steps on the
+//! same synthetic batches after one warm-up round:
 //! - **engine**: `peft_train::train` as `peft train` calls it (labels, accumulation normaliser,
 //!   global gradient clipping, metrics bookkeeping, and the adapter saved at the end);
 //! - **loop**: the minimal hand-written loop: forward, burn's cross-entropy on shifted logits,
@@ -72,7 +72,19 @@ fn main() {
         .find(|w| w[0] == "--out")
         .map(|w| w[1].clone())
         .unwrap_or_else(|| "target/train-bench.json".into());
-    let config = OptConfig::opt_125m();
+    let model = args
+        .windows(2)
+        .find(|w| w[0] == "--model")
+        .map_or("125m", |w| w[1].as_str());
+    let config = match model {
+        "125m" => OptConfig::opt_125m(),
+        "350m" => OptConfig::opt_350m(),
+        "1.3b" => OptConfig::opt_1_3b(),
+        other => {
+            eprintln!("train-bench: unknown --model `{other}` (125m, 350m, 1.3b)");
+            std::process::exit(2);
+        }
+    };
     let vocab = config.vocab_size;
     // Synthetic examples: every token a label, ids spread over the vocabulary.
     let examples: Vec<Example> = (0..batch * steps)
@@ -202,7 +214,7 @@ fn main() {
     let loop_peak = *peaks[1].iter().max().unwrap_or(&1) as f64;
     let mut rows = Vec::new();
     println!(
-        "OPT-125m (random weights), LoRA q,v r=8, batch {batch} x {seq} tokens, {steps} steps per run, {rounds} rounds\n"
+        "OPT-{model} (random weights), LoRA q,v r=8, batch {batch} x {seq} tokens, {steps} steps per run, {rounds} rounds\n"
     );
     println!(
         "| row | s/step median (min–max) | tokens/s | / loop (min–max) | peak heap growth | / loop |"
@@ -231,7 +243,7 @@ fn main() {
     let kept: Vec<f64> = times[3].iter().zip(&times[0]).map(|(a, b)| a / b).collect();
     let (kmed, kmin, kmax) = median_min_max(&kept);
     println!("\nengine + kept packs / engine, round by round: {kmed:.3} ({kmin:.3}–{kmax:.3})");
-    let report = json!({"model": "opt-125m (random)", "method": "lora q,v r=8", "batch": batch,
+    let report = json!({"model": format!("opt-{model} (random)"), "method": "lora q,v r=8", "batch": batch,
         "seq": seq, "steps_per_run": steps, "rounds": rounds, "backend": format!("{device:?}"), "rows": rows,
         "kept_packs_over_engine_per_round": kept});
     if let Err(e) = std::fs::write(

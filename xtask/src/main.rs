@@ -10,7 +10,7 @@
 //! cargo xtask fixtures --verify-only [--python PY]      # the round trip alone, no regeneration
 //! cargo xtask bench [--quick] [--models 125m,350m,1.3b] [--backend B] [--vs-pytorch] # method comparison guide
 //! cargo xtask bench criterion [criterion args]          # per-layer criterion benches
-//! cargo xtask bench train [--batch B] [--seq S] [--steps N] [--rounds R]  # peft train's engine vs a hand-written loop
+//! cargo xtask bench train [--model 125m|350m|1.3b] [--batch B] [--seq S] [--steps N] [--rounds R]  # peft train's engine vs a hand-written loop
 //! cargo xtask fuzz [--target T] [--seconds S]          # libFuzzer on every target (default 60 s each)
 //! cargo xtask fuzz --seeds                              # rewrite fuzz/seeds from the fixtures
 //! ```
