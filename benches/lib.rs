@@ -4,6 +4,19 @@
 use peft_models::OptConfig;
 use serde_json::{Value, json};
 
+/// The OPT sizes the benchmark binaries take by name (`--model`, `--models`), as a user writes them.
+pub const OPT_MODELS: &str = "125m, 350m, 1.3b";
+
+/// The OPT architecture named `name` (one of [`OPT_MODELS`]), or `None` for any other name.
+pub fn opt_config(name: &str) -> Option<OptConfig> {
+    match name {
+        "125m" => Some(OptConfig::opt_125m()),
+        "350m" => Some(OptConfig::opt_350m()),
+        "1.3b" => Some(OptConfig::opt_1_3b()),
+        _ => None,
+    }
+}
+
 /// transformers' `OPTConfig` keyword arguments for `c` (dropout off: the Rust models have none):
 /// what the guide's PyTorch worker and `pytorch_ops.py` (through `op-bench --opt-configs`) build
 /// transformers' OPT from, so that both sides run the same architecture.

@@ -262,12 +262,12 @@ fn write_results(meta: &Value, out: &Path) -> PathBuf {
 }
 
 fn opt_config(name: &str) -> OptConfig {
-    match name {
-        "125m" => OptConfig::opt_125m(),
-        "350m" => OptConfig::opt_350m(),
-        "1.3b" => OptConfig::opt_1_3b(),
-        other => fail(format!("unknown model `{other}` (125m, 350m, 1.3b)")),
-    }
+    peft_benches::opt_config(name).unwrap_or_else(|| {
+        fail(format!(
+            "unknown model `{name}` ({})",
+            peft_benches::OPT_MODELS
+        ))
+    })
 }
 
 /// PyTorch's side of one group of rows: the worker and each row's samples, or why there is none.

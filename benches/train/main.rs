@@ -29,7 +29,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use peak_alloc::PeakAlloc;
 use peft_core::TargetModules;
 use peft_lora::{InjectOptions, LoraConfig, LoraModel};
-use peft_models::{CausalLm, OptConfig, OptForCausalLm};
+use peft_models::{CausalLm, OptForCausalLm};
 use peft_train::data::{Dataset, Example};
 use peft_train::schedule::ScheduleKind;
 use peft_train::{TrainData, TrainSettings};
@@ -76,14 +76,12 @@ fn main() {
         .windows(2)
         .find(|w| w[0] == "--model")
         .map_or("125m", |w| w[1].as_str());
-    let config = match model {
-        "125m" => OptConfig::opt_125m(),
-        "350m" => OptConfig::opt_350m(),
-        "1.3b" => OptConfig::opt_1_3b(),
-        other => {
-            eprintln!("train-bench: unknown --model `{other}` (125m, 350m, 1.3b)");
-            std::process::exit(2);
-        }
+    let Some(config) = peft_benches::opt_config(model) else {
+        eprintln!(
+            "train-bench: unknown --model `{model}` ({})",
+            peft_benches::OPT_MODELS
+        );
+        std::process::exit(2);
     };
     let vocab = config.vocab_size;
     // Synthetic examples: every token a label, ids spread over the vocabulary.
