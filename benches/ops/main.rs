@@ -3,7 +3,8 @@
 //! ops that run far below PyTorch's rate; the attention and a Llama RMS norm forward and backward
 //! (op by op and as one node); one OPT-1.3b layer forward and backward, frozen and with
 //! MiSS/Bone bat composed as in a training step; MiSS/Bone bat's few-token layer, factored and
-//! composed; the LoRA branch's products, at 1024 tokens and at one; OPT-1.3b's fc1 at one
+//! composed; the LoRA branch's products, at 1024 tokens and at one; an unmerged LoRA Linear
+//! without gradients, factored and composed, from 64 to 4096 tokens; OPT-1.3b's fc1 at one
 //! sequence in 2-D, forward and input gradient, as the guide's products table times them (no
 //! PyTorch twin: the guide times PyTorch's); and the whole OPT-125m,
 //! OPT-350m and OPT-1.3b forward of 1 and 256 tokens (also with LoRA q,v, unmerged and merged), a
@@ -566,4 +567,38 @@ fn main() {
             )
         },
     );
+
+    // An unmerged LoRA Linear (r 16) without gradients, both ways it can run: factored,
+    // `x·W + s·(x·A)·B`, and composed, `x·(W + s·A·B)` (what `LoraAdapter::runs_factored` picks
+    // between), on OPT-125m's, OPT-350m's and OPT-1.3b's q and OPT-350m's fc1, from 64 to 4096
+    // tokens. The FLOP rate is the base product's.
+    for (d_in, d_out) in [(768, 768), (1024, 1024), (2048, 2048), (1024, 4096)] {
+        let name = format!("LoRA layer {d_in}x{d_out}");
+        if !kept(&name) {
+            continue;
+        }
+        let random2 =
+            |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Default, &device);
+        let (w, a, b) = (
+            random2([d_in, d_out]),
+            random2([d_in, 16]),
+            random2([16, d_out]),
+        );
+        for tokens in [64, 128, 256, 512, 1024, 2048, 4096] {
+            let x = random2([tokens, d_in]);
+            let flop = 2.0 * (tokens * d_in * d_out) as f64;
+            time(&format!("{name}, {tokens} tokens, factored"), flop, || {
+                let branch = x
+                    .clone()
+                    .matmul(a.clone())
+                    .mul_scalar(2.0)
+                    .matmul(b.clone());
+                first((x.clone().matmul(w.clone()) + branch).unsqueeze())
+            });
+            time(&format!("{name}, {tokens} tokens, composed"), flop, || {
+                let composed = w.clone() + a.clone().matmul(b.clone()).mul_scalar(2.0);
+                first(x.clone().matmul(composed).unsqueeze())
+            });
+        }
+    }
 }

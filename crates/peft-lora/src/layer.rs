@@ -85,6 +85,21 @@ impl LoraAdapter {
         self.a.lazy_shape().dims::<2>()[1]
     }
 
+    /// Whether, without gradients, a Linear input of `tokens` rows costs less through the
+    /// composed weight `W + s·A·B` than through the factored branch `s·(x·A)·B`. Composing
+    /// takes `d_in·r·d_out` multiply-adds and the branch `tokens·r·(d_in + d_out)`, but the
+    /// composed weight is also written, read back and packed on every call, so the branch wins
+    /// until about 1.5 times the tokens where the multiply-adds break even:
+    /// `tokens > 1.5·d_in·d_out / (d_in + d_out)`, 576 tokens on OPT-125m's 768² q, 768 on
+    /// OPT-350m's 1024², 1536 on OPT-1.3b's 2048². Measured with `op-bench "LoRA layer"`
+    /// (docs/benchmarks.md, "An unmerged LoRA layer composed where that is cheaper").
+    pub fn composes_for(&self, tokens: usize) -> bool {
+        let [d_in, _] = self.a.lazy_shape().dims::<2>();
+        let [_, d_out] = self.b.lazy_shape().dims::<2>();
+        let branch = tokens.saturating_mul(d_in + d_out).saturating_mul(2);
+        branch > d_in.saturating_mul(d_out).saturating_mul(3)
+    }
+
     /// `ΔW = s·A·B`, `[d_in, d_out]` (PEFT's `get_delta_weight`, transposed).
     pub fn delta_weight(&self) -> Tensor<2> {
         self.a.val().matmul(self.b.val()).mul_scalar(self.scaling)
@@ -113,6 +128,14 @@ impl Reparameterization for LoraAdapter {
 }
 
 impl FactoredAdapter for LoraAdapter {
+    /// Factored, as PEFT runs an unmerged LoRA layer, unless nothing needs gradients and
+    /// composing is cheaper: on a device without autodiff (a `valid()` model: evaluation,
+    /// generation) a plain LoRA Linear multiplies by `W + s·A·B` once
+    /// [`composes_for`](Self::composes_for) `tokens` rows. DoRA stays factored.
+    fn runs_factored(&self, tokens: usize) -> bool {
+        self.magnitude.is_some() || self.a.lazy_device().is_autodiff() || !self.composes_for(tokens)
+    }
+
     fn linear_delta(&self, x: Tensor<2>, base_weight: &Tensor<2>) -> Option<Tensor<2>> {
         if !self.switch.is_enabled() {
             return None;

@@ -145,6 +145,47 @@ fn factored_linear_matches_peft() {
     }
 }
 
+/// Without gradients (a `valid()` model) a LoRA Linear multiplies by the composed `W + s·A·B`
+/// once that costs less than the factored branch (`LoraAdapter::composes_for`), and still gives
+/// PEFT's output; with autodiff it runs factored for any input, as PEFT does.
+#[test]
+fn an_unmerged_linear_without_gradients_composes_for_many_tokens_and_matches_peft() {
+    use peft_core::nn::FactoredAdapter;
+    let device = device();
+    let f = read("layers/linear_bias.safetensors");
+    let base = factored(16, 12, true, &device);
+    let lora = load_layer(base, &f, "linear_bias", false);
+    // The fixture's 2 x 5 tokens, and twice as many (16 inputs, 12 outputs: from 11 on).
+    let (few, many) = (10, 20);
+    let trained = adapter(&lora.model.layer.weight);
+    assert!(!trained.composes_for(few) && trained.composes_for(many));
+    assert!(trained.runs_factored(many), "with autodiff: factored");
+    let inference = lora.model.clone().valid();
+    let ad = adapter(&inference.layer.weight);
+    assert!(ad.runs_factored(few), "few tokens: factored");
+    assert!(
+        !ad.runs_factored(many),
+        "many tokens without gradients: composed"
+    );
+    let x = t3(&f["x"], &device).inner();
+    let y = t3(&f["y"], &device).inner();
+    for (what, x, y) in [
+        ("few tokens, factored", x.clone(), y.clone()),
+        (
+            "many tokens, composed",
+            Tensor::cat(vec![x.clone(), x], 0),
+            Tensor::cat(vec![y.clone(), y], 0),
+        ),
+    ] {
+        assert_close(
+            what,
+            inference.layer.forward(x).into_data(),
+            &y.into_data(),
+            TOL,
+        );
+    }
+}
+
 #[test]
 fn weight_space_linear_matches_peft() {
     for case in ["linear_bias", "linear_nobias", "linear_rslora"] {

@@ -4,7 +4,7 @@ use burn::module::{Module, Param};
 use burn::nn::EmbeddingConfig;
 use burn::tensor::{Device, Int, Tensor, module::embedding};
 
-use super::factored::factored_adapter;
+use super::factored::registered_adapter;
 use super::linear::InitFactored;
 
 /// The adapter-aware Embedding layer.
@@ -43,8 +43,7 @@ impl FactoredEmbedding {
     /// - input: `[batch, seq]`
     /// - output: `[batch, seq, d_model]`
     pub fn forward(&self, input: Tensor<2, Int>) -> Tensor<3> {
-        let [batch, seq] = input.dims();
-        let Some(adapter) = factored_adapter(&self.weight, batch * seq) else {
+        let Some(adapter) = registered_adapter(&self.weight) else {
             return embedding(self.weight.val(), input);
         };
         let weight = self.weight.base();

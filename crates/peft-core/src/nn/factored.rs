@@ -21,12 +21,15 @@ pub trait FactoredAdapter: Send + Sync + 'static {
     /// - returns `[tokens, d_out]`, or `None` when the adapter is inactive (disabled).
     fn linear_delta(&self, x: Tensor<2>, base_weight: &Tensor<2>) -> Option<Tensor<2>>;
 
-    /// Whether the layers run this adapter factored for an input of `tokens` rows (the default:
-    /// always). An adapter whose update is a dense `ΔW` computed from the base weight anyway
-    /// (MiSS/Bone's bat mode) returns `false` for many tokens: the layer then multiplies once by
-    /// the composed weight `W + ΔW` (the parameter's reparameterised value), as PEFT does,
-    /// instead of `x·W + x·ΔW`, which costs one more product forward and two more backward. For
-    /// a few tokens (a decoding step) composing costs more than the second product.
+    /// Whether a Linear layer runs this adapter factored for an input of `tokens` rows (the
+    /// default: always); when it does not, the layer multiplies once by the composed weight
+    /// `W + ΔW` (the parameter's reparameterised value). An adapter whose update is a dense `ΔW`
+    /// computed from the base weight anyway (MiSS/Bone's bat mode) returns `false` for many
+    /// tokens, as PEFT composes it, instead of `x·W + x·ΔW`, which costs one more product
+    /// forward and two more backward; for a few tokens (a decoding step) composing costs more
+    /// than the second product. LoRA returns `false` without gradients once composing `A·B`
+    /// costs fewer multiply-adds than the branch. An Embedding layer runs every registered
+    /// adapter factored (its factored path looks rows up), whatever this returns.
     fn runs_factored(&self, _tokens: usize) -> bool {
         true
     }
@@ -88,11 +91,15 @@ pub fn register_factored<R: Reparameterization + FactoredAdapter>() {
     }
 }
 
-/// The factored adapter attached to `weight`, if its type was registered and it
+/// The factored adapter attached to a Linear layer's `weight`, if its type was registered and it
 /// [runs factored](FactoredAdapter::runs_factored) for an input of `tokens` rows.
 pub fn factored_adapter(weight: &Param<Tensor<2>>, tokens: usize) -> Option<&dyn FactoredAdapter> {
+    registered_adapter(weight).filter(|adapter| adapter.runs_factored(tokens))
+}
+
+/// The adapter attached to `weight`, if its type was registered (an Embedding layer runs it
+/// factored for any input).
+pub(crate) fn registered_adapter(weight: &Param<Tensor<2>>) -> Option<&dyn FactoredAdapter> {
     let reg = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
-    reg.iter()
-        .find_map(|(_, p)| p(weight))
-        .filter(|adapter| adapter.runs_factored(tokens))
+    reg.iter().find_map(|(_, p)| p(weight))
 }
