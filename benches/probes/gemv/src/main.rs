@@ -1,5 +1,7 @@
 //! One-row product kernels (a decoding step's `[1, k] · [k, n]`) against `gemm`'s, on OPT-125m's
-//! 72 layer weights (340 MB, streamed) and its 154 MB head; see Cargo.toml for how to run.
+//! 72 layer weights (340 MB, streamed; `GEMV_MODEL=1.3b`: OPT-1.3b's 144, 4.8 GB) and its 154 MB
+//! head; see Cargo.toml for how to run. `readsum` only reads the weights (the rate any kernel
+//! could at best stream them at).
 //! Variants: `panel8 fma` and `v*` take R weight rows per pass over the output (`v*` with explicit
 //! vectors, `*pf` with software prefetch), `colblock` keeps column blocks in registers over the
 //! whole depth, `head dot4` computes 4 dot products at once.
@@ -189,6 +191,29 @@ rows_variant!(v8, 8, 0);
 rows_variant!(v16, 16, 0);
 rows_variant!(v8pf, 8, 512);
 rows_variant!(v4pf, 4, 1024);
+rows_variant!(v8pf2k, 8, 2048);
+rows_variant!(v16pf, 16, 512);
+rows_variant!(v32, 32, 0);
+
+/// Reads `w` (the rows `x` would take) and sums it: the rate a kernel could at best stream at.
+#[macerator::with_simd]
+fn readsum<S: Simd>(x: &[f32], w: &[f32], y: &mut [f32], k: usize, n: usize) {
+    use macerator::{Scalar, vload_unaligned};
+    let _ = x;
+    let lanes = f32::lanes::<S>();
+    let len = k * n / (4 * lanes) * (4 * lanes);
+    let mut a = [0f32.splat::<S>(); 4];
+    let mut i = 0;
+    unsafe {
+        while i < len {
+            for (t, acc) in a.iter_mut().enumerate() {
+                *acc = *acc + vload_unaligned::<S, f32>(w.as_ptr().add(i + t * lanes));
+            }
+            i += 4 * lanes;
+        }
+    }
+    y[0] = (a[0] + a[1] + a[2] + a[3]).reduce_add();
+}
 
 // y[n] = x[k] · E[n, k]ᵀ (E rows contiguous).
 fn head_gemm(x: &[f32], e: &[f32], y: &mut [f32], k: usize, n: usize) {
@@ -294,9 +319,10 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("head") {
         return head_bench();
     }
-    let d = 768;
-    let ffn = 3072;
-    let shapes: Vec<(usize, usize)> = (0..12)
+    // `GEMV_MODEL=1.3b`: OPT-1.3b's 144 layer weights (4.8 GB) instead of OPT-125m's.
+    let big = std::env::var("GEMV_MODEL").is_ok_and(|v| v == "1.3b");
+    let (d, ffn, layers) = if big { (2048, 8192, 24) } else { (768, 3072, 12) };
+    let shapes: Vec<(usize, usize)> = (0..layers)
         .flat_map(|_| [(d, d), (d, d), (d, d), (d, d), (d, ffn), (ffn, d)])
         .collect();
     let ws: Vec<Vec<f32>> = shapes
@@ -309,7 +335,11 @@ fn main() {
         })
         .collect();
     let x0: Vec<f32> = (0..ffn).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
-    let fs: [(&str, F); 8] = [
+    let fs: [(&str, F); 12] = [
+        ("readsum", readsum),
+        ("v8pf2k", v8pf2k),
+        ("v16pf", v16pf),
+        ("v32", v32),
         ("gemm", via_gemm),
         ("panel8 fma", panel),
         ("v4", v4),
@@ -333,6 +363,7 @@ fn main() {
             .fold(0.0f32, f32::max);
         println!("{name}: max err vs gemm {e:e}");
     }
+    let bytes: f64 = shapes.iter().map(|&(k, n)| (k * n * 4) as f64).sum();
     for threads in [1, 2] {
         for round in 0..3 {
             for &(name, f) in &fs {
@@ -354,8 +385,8 @@ fn main() {
                 }
                 times.sort_by(|a, b| a.partial_cmp(b).unwrap());
                 println!(
-                    "threads {threads} round {round} {name:12}: median {:.2} ms (min {:.2} max {:.2})",
-                    times[4], times[0], times[8]
+                    "threads {threads} round {round} {name:12}: median {:.2} ms (min {:.2} max {:.2}) {:.1} GB/s",
+                    times[4], times[0], times[8], bytes / times[4] / 1e6
                 );
             }
         }
