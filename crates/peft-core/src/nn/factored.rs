@@ -27,9 +27,9 @@ pub trait FactoredAdapter: Send + Sync + 'static {
     /// computed from the base weight anyway (MiSS/Bone's bat mode) returns `false` for many
     /// tokens, as PEFT composes it, instead of `x·W + x·ΔW`, which costs one more product
     /// forward and two more backward; for a few tokens (a decoding step) composing costs more
-    /// than the second product. LoRA returns `false` without gradients once composing `A·B`
-    /// costs fewer multiply-adds than the branch. An Embedding layer runs every registered
-    /// adapter factored (its factored path looks rows up), whatever this returns.
+    /// than the second product. LoRA returns `false` without gradients once composing costs
+    /// less than its branch (`LoraAdapter::composes_for`). An Embedding layer runs every
+    /// registered adapter factored (its factored path looks rows up), whatever this returns.
     fn runs_factored(&self, _tokens: usize) -> bool {
         true
     }
