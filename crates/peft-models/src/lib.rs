@@ -14,6 +14,8 @@
 //! let mut config = OptConfig::opt_125m();
 //! (config.vocab_size, config.hidden_size, config.ffn_dim) = (100, 32, 64);
 //! (config.num_hidden_layers, config.num_attention_heads, config.word_embed_proj_dim) = (2, 4, Some(32));
+//! // Random weights may pick any token, the end-of-sequence one too, which ends generation.
+//! config.eos_token_id = None;
 //! let model = config.init(&device)?; // random weights; `AnyCausalLm::load` reads a checkpoint
 //! let ids = Tensor::<2, Int>::from_data([[5, 6, 7]], &device);
 //! assert_eq!(model.forward(ids.clone()).dims(), [1, 3, 100]);
